@@ -1,0 +1,353 @@
+"""Decoupled cross-attention for the WebUI's SDXL UNet, through removable forward hooks.
+
+For every attn2 layer the reference computes
+``to_out(softmax(Q K_txtᵀ/√d) V_txt + scale · softmax(Q K_ipᵀ/√d) V_ip)``. ``to_out`` is
+affine (its dropout is off at inference), so the IP term can be added *after* the layer:
+``out + scale · W_out · (softmax(Q K_ipᵀ/√d) V_ip)``. We do exactly that from a forward hook
+on each attn2 module. Hooks run in ``Module.__call__``, so the patch works under every
+attention optimisation the WebUI installs (they replace ``CrossAttention.forward`` on the
+class) and under ControlNet's per-instance ``forward`` swap, and ``remove()`` leaves the
+UNet exactly as it was.
+
+Lean per step: the face tokens do not change during a generation, so each layer's keys
+(with the 1/√d scale folded in) and ``scale · V_ip · W_outᵀ`` per head are computed once.
+A hook then costs a small matmul for the 16-key scores, a softmax over 16 values and one
+fused multiply-add into the layer output. The query is captured from ``to_q``'s own call
+(a hook on it), so it is not recomputed.
+
+Which rows of a UNet batch are conditional is decided per UNet call by a
+:class:`RowRouter` (a forward pre-hook on the UNet), fed by the host once per denoiser call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidInputError
+from .ip_adapter import NUM_FACE_TOKENS, IPAdapter
+from .sdxl_layers import TOKEN_DIM, Attn2Layer, sdxl_attn2_layers
+
+logger = logging.getLogger(__name__)
+
+UNCOND, COND = 0, 1
+
+# sd-webui-controlnet prepends one token filled with ±1024 to every crossattn context to tell
+# cond rows (+) from uncond rows (-); its UNet forward strips it before the blocks.
+CN_MARK_TOKEN = 1024.0
+CN_MARK_EPS = 1e-3
+
+
+def cond_flags_from_cn_marker(context: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B]`` long flags (1 = cond) read from ControlNet's marker token, or None if unmarked."""
+    if context is None or context.ndim != 3 or context.shape[1] < 2:
+        return None
+    first = context[:, 0, :].float()
+    if float((first.abs() - CN_MARK_TOKEN).abs().mean()) >= CN_MARK_EPS:
+        return None
+    return (first.mean(dim=1) > 0).long()
+
+
+class RowRouter:
+    """Tells the hooks, per UNet call, which rows are conditional and how far sampling is.
+
+    The WebUI's CFG denoiser lays a step's batch out as all cond rows, then the uncond rows,
+    and calls the UNet on consecutive slices of it: once on everything (``batch_cond_uncond``),
+    in chunks, cond and uncond separately (prompts of different lengths), or cond only (uncond
+    skipped). :meth:`begin_step` is called once per denoiser call with the layout; each UNet
+    call then takes the next rows. Without layout information ControlNet's marker token is
+    read; failing both, all rows count as conditional.
+    """
+
+    def __init__(self) -> None:
+        self.progress = 0.0
+        self.flags: torch.Tensor | None = None
+        """Long ``[B]`` for the current UNet call (1 = cond)."""
+        self.uniform: int | None = None
+        """COND or UNCOND when the current call holds only one kind of row."""
+        self.latent_size: tuple[int, int] | None = None
+        self._n_cond: int | None = None
+        self._n_total = 0
+        self._offset = 0
+        self._warned = False
+
+    def begin_step(self, n_cond: int, n_total: int, progress: float | None = None) -> None:
+        """Declare the next denoiser call: ``n_cond`` cond rows first, ``n_total`` rows in all."""
+        self._n_cond, self._n_total, self._offset = n_cond, n_total, 0
+        if progress is not None:
+            self.progress = progress
+
+    def forget_layout(self) -> None:
+        """Fall back to ControlNet's marker (e.g. when a host calls the UNet on its own)."""
+        self._n_cond = None
+
+    def route(self, batch: int, device: torch.device, context: torch.Tensor | None = None) -> None:
+        """Set :attr:`flags` for a UNet call of ``batch`` rows."""
+        flags: torch.Tensor | None = None
+        if self._n_cond is not None and self._offset + batch <= self._n_total:
+            rows = torch.arange(self._offset, self._offset + batch)
+            self._offset += batch
+            flags = (rows < self._n_cond).long()
+        if flags is None:
+            flags = cond_flags_from_cn_marker(context)
+        if flags is None:
+            if not self._warned and self._n_cond is not None:
+                logger.warning("UNet called outside the denoiser's layout; treating its rows as conditional")
+                self._warned = True
+            flags = torch.ones(batch, dtype=torch.long)
+        flags = flags.cpu()
+        self.uniform = int(flags[0]) if bool((flags == flags[0]).all()) else None
+        self.flags = flags.to(device, non_blocking=True)
+
+    def unet_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """``UNetModel.forward(x, timesteps, context, y)`` pre-hook: route this call's rows."""
+        x = args[0] if args else kwargs.get("x")
+        context = kwargs.get("context", args[2] if len(args) > 2 else None)
+        if x is None:
+            return
+        self.latent_size = (int(x.shape[-2]), int(x.shape[-1]))
+        self.route(int(x.shape[0]), x.device, context)
+
+
+@dataclass
+class _LayerCache:
+    """Per-layer tensors precomputed once per generation for one (device, dtype)."""
+
+    keys: torch.Tensor  # [2, heads, d, 16]: K_ipᵀ/√d for uncond (0) and cond (1)
+    values: torch.Tensor  # [2, heads*16, C]: scale · V_ip,h · W_out,hᵀ stacked over heads
+
+
+@dataclass
+class _LayerHook:
+    layer: Attn2Layer
+    heads: int
+    query: torch.Tensor | None = None
+    cache: dict[tuple[torch.device, torch.dtype], _LayerCache] = field(default_factory=dict)
+
+
+def _out_weight(attn: nn.Module) -> torch.Tensor:
+    to_out = attn.to_out
+    linear = to_out[0] if isinstance(to_out, (nn.Sequential, nn.ModuleList)) else to_out
+    return linear.weight
+
+
+class IPAttentionPatch:
+    """InstantID's face tokens wired into the 70 attn2 layers of an SDXL UNet.
+
+    Use as a context manager or call :meth:`remove`; removal is idempotent. ``mask`` is an
+    optional ``[H, W]`` map in [0, 1] (any resolution with the output's aspect ratio) that
+    limits the face tokens to a region, as the reference's "enhance non-face region" does.
+    ``start``/``end`` are fractions of sampling during which the face tokens are applied.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        adapter: IPAdapter,
+        cond_tokens: torch.Tensor,
+        uncond_tokens: torch.Tensor,
+        scale: float = 0.8,
+        start: float = 0.0,
+        end: float = 1.0,
+        mask: torch.Tensor | None = None,
+        router: RowRouter | None = None,
+    ) -> None:
+        for name, tokens in (("cond_tokens", cond_tokens), ("uncond_tokens", uncond_tokens)):
+            if tuple(tokens.shape[-2:]) != (NUM_FACE_TOKENS, TOKEN_DIM) or tokens.ndim not in (2, 3):
+                msg = f"{name} must be [16, 2048] face tokens, got {tuple(tokens.shape)}."
+                raise InvalidInputError(msg)
+        if not 0.0 <= start <= end <= 1.0:
+            msg = f"The ID start/end must satisfy 0 ≤ start ≤ end ≤ 1, got {start}/{end}."
+            raise InvalidInputError(msg)
+        self.unet = unet
+        self.adapter = adapter
+        self.scale = float(scale)
+        self.start, self.end = float(start), float(end)
+        self.router = router or RowRouter()
+        self.mask = None if mask is None else mask.detach().float()
+        self._tokens = torch.stack([uncond_tokens.reshape(-1, TOKEN_DIM), cond_tokens.reshape(-1, TOKEN_DIM)])
+        self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._lock = threading.Lock()
+        layers = sdxl_attn2_layers(unet)
+        for layer, to_k in zip(layers, adapter.to_k_ip, strict=True):
+            if to_k.out_features != layer.module.to_k.out_features:
+                msg = (
+                    f"The adapter's IP layer {layer.key_id} is {to_k.out_features} wide but {layer.name} "
+                    f"is {layer.module.to_k.out_features}; the adapter does not fit this UNet."
+                )
+                raise InvalidInputError(msg)
+        self._layers = [_LayerHook(layer, int(layer.module.heads)) for layer in layers]
+        self._install()
+
+    # -- life cycle ---------------------------------------------------------------------
+    def _install(self) -> None:
+        self._handles.append(self.unet.register_forward_pre_hook(self.router.unet_pre_hook, with_kwargs=True))
+        for hook in self._layers:
+            attn = hook.layer.module
+            self._handles.append(attn.to_q.register_forward_hook(self._capture_query(hook)))
+            self._handles.append(attn.register_forward_hook(self._add_ip_term(hook)))
+        _LIVE.add(self)
+        logger.info("InstantID attention hooks installed on %d layers", len(self._layers))
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Detach every hook and drop the cached tensors; safe to call more than once."""
+        with self._lock:
+            handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+        for hook in self._layers:
+            hook.query = None
+            hook.cache.clear()
+        self._mask_cache.clear()
+        _LIVE.discard(self)
+        if handles:
+            logger.info("InstantID attention hooks removed")
+
+    def __enter__(self) -> IPAttentionPatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # -- per-step work ------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Whether the face tokens apply at the router's current sampling progress."""
+        return self.scale != 0.0 and self.start <= self.router.progress <= self.end
+
+    def _capture_query(self, hook: _LayerHook):
+        def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            hook.query = output if self.active else None
+
+        return capture
+
+    def _add_ip_term(self, hook: _LayerHook):
+        def add(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            query, hook.query = hook.query, None
+            if not self.active or not isinstance(output, torch.Tensor):
+                return None
+            if query is None or query.shape[:2] != output.shape[:2]:
+                query = module.to_q(args[0])
+            return self._apply(hook, query, output)
+
+        return add
+
+    def _apply(self, hook: _LayerHook, query: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = output.shape
+        cache = hook.cache.get((output.device, output.dtype))
+        if cache is None:
+            self._precompute(output.device, output.dtype)
+            cache = hook.cache[(output.device, output.dtype)]
+        keys, values = self._select_rows(cache, batch)
+        heads = hook.heads
+        # [B, S, heads*d] -> [B, heads, S, d] @ [B, heads, d, 16] -> scores [B, heads, S, 16]
+        q = query.to(output.dtype).view(batch, seq, heads, width // heads).transpose(1, 2)
+        scores = torch.matmul(q, keys)
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(output.dtype)
+        probs = probs.transpose(1, 2).reshape(batch, seq, heads * NUM_FACE_TOKENS)  # [B, S, heads*16]
+        if self.mask is not None:
+            probs = probs * self._token_mask(seq, output.device, output.dtype)
+        return torch.baddbmm(output, probs, values)  # out + probs @ (scale · V W_outᵀ)
+
+    def _select_rows(self, cache: _LayerCache, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        router = self.router
+        flags = router.flags
+        if router.uniform is not None or flags is None or flags.shape[0] != batch:
+            kind = COND if flags is None or flags.shape[0] != batch else router.uniform
+            return (
+                cache.keys[kind].expand(batch, -1, -1, -1),
+                cache.values[kind].expand(batch, -1, -1),
+            )
+        return cache.keys.index_select(0, flags), cache.values.index_select(0, flags)
+
+    @torch.no_grad()
+    def _precompute(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Face keys and folded values of every layer for this generation (float32 math)."""
+        with self._lock:
+            tokens = self._tokens.to(device=device, dtype=torch.float32)  # [2, 16, 2048]
+            for hook, to_k, to_v in zip(
+                self._layers, self.adapter.to_k_ip, self.adapter.to_v_ip, strict=True
+            ):
+                heads = hook.heads
+                keys = F.linear(tokens, to_k.weight.to(device=device, dtype=torch.float32))  # [2, 16, C]
+                vals = F.linear(tokens, to_v.weight.to(device=device, dtype=torch.float32))
+                width = keys.shape[-1]
+                d = width // heads
+                keys = keys.view(2, NUM_FACE_TOKENS, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
+                w_out = _out_weight(hook.layer.module).to(device=device, dtype=torch.float32)
+                w_heads = w_out.view(width, heads, d).permute(1, 2, 0)  # [heads, d, C]
+                vals = vals.view(2, NUM_FACE_TOKENS, heads, d).transpose(1, 2)  # [2, heads, 16, d]
+                folded = torch.matmul(vals, w_heads) * self.scale  # [2, heads, 16, C]
+                hook.cache[(device, dtype)] = _LayerCache(
+                    keys=keys.to(dtype).contiguous(),
+                    values=folded.reshape(2, heads * NUM_FACE_TOKENS, width).to(dtype).contiguous(),
+                )
+
+    def _token_mask(self, seq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The region mask resized (nearest) to this layer's token grid, as ``[1, S, 1]``."""
+        key = (seq, self.router.latent_size, device, dtype)
+        cached = self._mask_cache.get(key)
+        if cached is not None:
+            return cached
+        assert self.mask is not None
+        grid = _token_grid(seq, self.router.latent_size, tuple(self.mask.shape[-2:]))
+        small = F.interpolate(self.mask[None, None], size=grid, mode="nearest")
+        cached = small.reshape(1, seq, 1).to(device=device, dtype=dtype)
+        self._mask_cache[key] = cached
+        return cached
+
+
+def _token_grid(seq: int, latent: tuple[int, int] | None, mask_hw: tuple[int, ...]) -> tuple[int, int]:
+    """(h, w) of a layer's token grid: the latent halved (ceil, like the UNet's stride-2
+    convolutions) until it holds ``seq`` tokens; from the mask's aspect if the latent is unknown."""
+    if latent is not None:
+        h, w = latent
+        for _ in range(5):
+            if h * w == seq:
+                return h, w
+            h, w = (h + 1) // 2, (w + 1) // 2
+    ratio = math.sqrt(mask_hw[0] * mask_hw[1] / seq)
+    h, w = round(mask_hw[0] / ratio), round(mask_hw[1] / ratio)
+    if h * w != seq:
+        msg = f"Cannot fit the face mask ({mask_hw}) onto a grid of {seq} tokens."
+        raise InvalidInputError(msg)
+    return h, w
+
+
+_LIVE: set[IPAttentionPatch] = set()
+"""Patches currently installed, so a reload or a failed job can remove them all."""
+
+
+def remove_all_patches() -> int:
+    """Remove every installed patch (on script reload, before a new job); returns how many."""
+    live = list(_LIVE)
+    for patch in live:
+        patch.remove()
+    return len(live)
+
+
+@contextmanager
+def ip_attention(
+    unet: nn.Module, adapter: IPAdapter, embedding: torch.Tensor, **kwargs
+) -> Iterator[IPAttentionPatch]:
+    """Apply a face embedding to ``unet`` for the duration of a ``with`` block."""
+    cond = adapter.face_tokens(embedding)
+    uncond = adapter.uncond_tokens()
+    patch = IPAttentionPatch(unet, adapter, cond, uncond, **kwargs)
+    try:
+        yield patch
+    finally:
+        patch.remove()

@@ -1,0 +1,1 @@
+"""Small stand-ins for the real model files, generated inside the test suite."""
