@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import IncompatibleModelError, ModelFileError
+from .models import adapter_problem
 from .resampler import Resampler
 from .sdxl_layers import NUM_IP_LAYERS, TOKEN_DIM
 
@@ -101,59 +102,36 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def describe_adapter_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """A short human guess at what a non-InstantID adapter file is, for error messages."""
-    proj_in = state_dict.get("image_proj.proj_in.weight")
-    k1 = state_dict.get("ip_adapter.1.to_k_ip.weight")
-    context = None if k1 is None else k1.shape[1]
-    family = {768: "an SD1.5", 1024: "an SD2.x", 2048: "an SDXL"}.get(context or 0, "an unknown")
-    if "image_proj.proj.weight" in state_dict or "image_proj.proj.0.weight" in state_dict:
-        return f"{family} IP-Adapter (plain or FaceID image projection, not a Resampler)"
-    if proj_in is not None and proj_in.shape[1] != FACE_EMBEDDING_DIM:
-        return f"{family} IP-Adapter Plus for {proj_in.shape[1]}-wide CLIP image features"
-    if not any(key.startswith("image_proj.") for key in state_dict):
-        return "a file without an image projection (not an IP-Adapter)"
-    return f"{family} adapter"
-
-
 def validate_state_dict(state_dict: Mapping[str, torch.Tensor], path: Path | str = "") -> None:
     """Raise :class:`IncompatibleModelError` unless this is InstantID's SDXL adapter."""
     where = f" ({path})" if path else ""
-    proj_in = state_dict.get("image_proj.proj_in.weight")
-    latents = state_dict.get("image_proj.latents")
-    ok_proj = (
-        proj_in is not None
-        and proj_in.ndim == 2
-        and proj_in.shape[1] == FACE_EMBEDDING_DIM
-        and latents is not None
-        and tuple(latents.shape[:2]) == (1, NUM_FACE_TOKENS)
-        and state_dict.get("image_proj.proj_out.weight") is not None
-        and state_dict["image_proj.proj_out.weight"].shape[0] == TOKEN_DIM
-    )
-    if not ok_proj:
+    problem = adapter_problem({key: tuple(t.shape) for key, t in state_dict.items()})
+    if problem:
         msg = (
-            f"This adapter{where} looks like {describe_adapter_kind(state_dict)}, not InstantID's "
-            "ip-adapter.bin (a Resampler from the 512-d face embedding to 16 tokens of 2048). "
-            "Download ip-adapter.bin from the InstantID release."
+            f"This adapter{where} cannot be used: {problem}. InstantID needs its own ip-adapter.bin "
+            "(a Resampler from the 512-d face embedding to 16 tokens of 2048, and 70 SDXL IP layers)."
         )
         raise IncompatibleModelError(msg)
-    for i in range(NUM_IP_LAYERS):
-        for kind in ("to_k_ip", "to_v_ip"):
-            key = f"ip_adapter.{2 * i + 1}.{kind}.weight"
-            tensor = state_dict.get(key)
-            if tensor is None or tensor.ndim != 2 or tensor.shape[1] != TOKEN_DIM:
-                found = "missing" if tensor is None else f"shape {tuple(tensor.shape)}"
-                msg = (
-                    f"This adapter{where} does not fit SDXL's {NUM_IP_LAYERS} cross-attention layers: "
-                    f"`{key}` is {found} (expected [hidden, {TOKEN_DIM}]). It looks like "
-                    f"{describe_adapter_kind(state_dict)}; InstantID needs its own ip-adapter.bin."
-                )
-                raise IncompatibleModelError(msg)
+    proj_out = state_dict.get("image_proj.proj_out.weight")
+    latents = state_dict["image_proj.latents"]
+    if proj_out is None or proj_out.shape[0] != TOKEN_DIM or tuple(latents.shape[:2]) != (1, NUM_FACE_TOKENS):
+        msg = f"The Resampler of this adapter{where} does not make 16 tokens of {TOKEN_DIM}: not InstantID's."
+        raise IncompatibleModelError(msg)
     expected = {
         f"ip_adapter.{2 * i + 1}.{kind}.weight"
         for i in range(NUM_IP_LAYERS)
         for kind in ("to_k_ip", "to_v_ip")
     }
+    for key in sorted(expected, key=lambda k: int(k.split(".")[1])):
+        tensor = state_dict.get(key)
+        if tensor is None or tensor.ndim != 2 or tensor.shape[1] != TOKEN_DIM:
+            found = "missing" if tensor is None else f"shape {tuple(tensor.shape)}"
+            msg = (
+                f"This adapter{where} does not fit SDXL's {NUM_IP_LAYERS} cross-attention layers: "
+                f"`{key}` is {found} (expected [hidden, {TOKEN_DIM}]). "
+                "Download InstantID's ip-adapter.bin again."
+            )
+            raise IncompatibleModelError(msg)
     extra = sorted(k for k in state_dict if k.startswith("ip_adapter.") and k not in expected)
     if extra:
         msg = f"This adapter{where} has keys SDXL's IP layers do not use ({extra[0]}); it is not InstantID's."

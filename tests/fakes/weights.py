@@ -92,3 +92,38 @@ def save_safetensors(payload: dict, path: Path) -> Path:
     flat = {f"{group}.{k}": v.contiguous() for group, sd in payload.items() for k, v in sd.items()}
     save_file(flat, str(path))
     return path
+
+
+def tiny_identitynet(
+    cross_attention_dim: int = 2048, projection_dim: int = 2816, conditioning_channels: int = 3
+):
+    """A diffusers ``ControlNetModel`` with IdentityNet's config but small channels (real key layout)."""
+    import json
+
+    from diffusers import ControlNetModel
+
+    config = json.loads(
+        (Path(__file__).resolve().parents[2] / "tests" / "data" / "identitynet_config.json").read_text()
+    )
+    config.update(
+        block_out_channels=[32, 64, 64],
+        attention_head_dim=[2, 4, 4],
+        transformer_layers_per_block=[1, 1, 1],
+        norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        projection_class_embeddings_input_dim=projection_dim,
+        conditioning_channels=conditioning_channels,
+        conditioning_embedding_out_channels=[8, 8, 8, 8],
+        addition_time_embed_dim=8,
+    )
+    if projection_dim != 2816:
+        config["addition_embed_type"] = None
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    return ControlNetModel.from_config(config).eval()
+
+
+def save_identitynet_folder(model, folder: Path) -> Path:
+    """The layout InstantX publishes: ``config.json`` + ``diffusion_pytorch_model.safetensors``."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -1,0 +1,73 @@
+"""Identity files: save once, reuse without photos or insightface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from instantid_ext.errors import InvalidInputError, ModelFileError
+from instantid_ext.face import Face
+from instantid_ext.identity import Identity, IdentityStore, check_identity_name, load_identity, save_identity
+
+
+def face(seed: int) -> Face:
+    rng = np.random.default_rng(seed)
+    return Face(
+        bbox=np.array([10, 20, 110, 140], np.float32),
+        kps=rng.uniform(20, 100, (5, 2)).astype(np.float32),
+        score=0.9,
+        embedding=rng.normal(0, 1.5, 512).astype(np.float32),
+    )
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    faces = [face(1), face(2)]
+    identity = Identity.from_faces(faces, [(640, 480), (300, 300)], weights=[3, 1], name="alice")
+    path = save_identity(identity, tmp_path / "alice.safetensors")
+    loaded = load_identity(path)
+    want = (3 * faces[0].embedding.astype(np.float64) + faces[1].embedding) / 4
+    np.testing.assert_allclose(loaded.embedding, want, rtol=1e-6)
+    np.testing.assert_array_equal(loaded.kps, faces[0].kps)
+    assert loaded.image_size == (640, 480)
+    assert loaded.source_count == 2
+    assert loaded.name == "alice"
+    assert loaded.created.endswith("+00:00")
+
+
+def test_store_lists_saves_loads_and_deletes(tmp_path: Path) -> None:
+    store = IdentityStore(tmp_path / "identities")
+    assert store.names() == []
+    identity = Identity.from_faces([face(3)], [(512, 512)])
+    store.save("Bob 2", identity)
+    store.save("alice", identity)
+    assert store.names() == ["alice", "Bob 2"]
+    assert store.load("Bob 2.safetensors").name == "Bob 2"
+    with pytest.raises(InvalidInputError, match="already exists"):
+        store.save("alice", identity)
+    store.save("alice", identity, overwrite=True)
+    assert store.delete("alice") is True
+    assert store.delete("alice") is False
+    with pytest.raises(ModelFileError, match="available: Bob 2"):
+        store.load("alice")
+
+
+@pytest.mark.parametrize("name", ["", "../etc/passwd", "a/b", "x" * 65, ".hidden", "a..b", "new\nline"])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInputError, match="not a valid identity name"):
+        check_identity_name(name)
+
+
+def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "model.safetensors"
+    save_file({"embedding": np.zeros(512, np.float32)}, str(other))
+    with pytest.raises(ModelFileError, match="not an InstantID identity"):
+        load_identity(other)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match="not a readable identity"):
+        load_identity(bad)
+    with pytest.raises(InvalidInputError, match="512-d"):
+        save_identity(Identity(embedding=np.zeros(3, np.float32)), tmp_path / "x.safetensors")
