@@ -1,0 +1,52 @@
+"""InstantID for the AUTOMATIC1111 WebUI: the core, importable without the WebUI.
+
+The host glue (A1111 and ControlNet) lives in :mod:`instantid_ext.webui`; everything
+exported here works in any Python process with torch installed.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    DependencyError,
+    IncompatibleModelError,
+    InstantIDError,
+    InvalidInputError,
+    ModelFileError,
+    NoFaceError,
+)
+from .face import Face, FaceAnalyzer, choose_face, mean_embedding
+from .identity import Identity, IdentityStore, load_identity, save_identity
+from .ip_adapter import IPAdapter, load_ip_adapter
+from .ip_attention import IPAttentionPatch, RowRouter, ip_attention, remove_all_patches
+from .keypoints import draw_kps, kps_image_for_output, map_points
+from .resampler import Resampler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DependencyError",
+    "Face",
+    "FaceAnalyzer",
+    "IPAdapter",
+    "IPAttentionPatch",
+    "Identity",
+    "IdentityStore",
+    "IncompatibleModelError",
+    "InstantIDError",
+    "InvalidInputError",
+    "ModelFileError",
+    "NoFaceError",
+    "Resampler",
+    "RowRouter",
+    "__version__",
+    "choose_face",
+    "draw_kps",
+    "ip_attention",
+    "kps_image_for_output",
+    "load_identity",
+    "load_ip_adapter",
+    "map_points",
+    "mean_embedding",
+    "remove_all_patches",
+    "save_identity",
+]

@@ -1,0 +1,45 @@
+"""The core package imports without the WebUI, and keeps its public API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_core_imports_with_webui_modules_blocked() -> None:
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('modules', 'scripts', 'gradio', 'launch', 'insightface'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import instantid_ext, instantid_ext.args, instantid_ext.models, instantid_ext.identity\n"
+        "print(sorted(instantid_ext.__all__)[:3])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_public_api_names() -> None:
+    import instantid_ext
+
+    for name in ("draw_kps", "load_ip_adapter", "FaceAnalyzer", "IPAdapter"):
+        assert callable(getattr(instantid_ext, name))
+
+
+def test_only_webui_subpackage_touches_the_host() -> None:
+    offenders = []
+    for path in (ROOT / "instantid_ext").rglob("*.py"):
+        if "webui" in path.relative_to(ROOT / "instantid_ext").parts:
+            continue
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import modules", "from modules", "import scripts", "from scripts")):
+                offenders.append(f"{path.name}: {stripped}")
+    assert offenders == []
