@@ -33,6 +33,7 @@ class Identity:
     embedding: np.ndarray  # float32 (512,)
     kps: np.ndarray | None = None  # float32 (5, 2) in the reference image's pixels
     image_size: tuple[int, int] | None = None  # (width, height) of that reference image
+    bbox: np.ndarray | None = None  # float32 (4,) face box in that image, for the face-region mask
     source_count: int = 1
     created: str = ""
     name: str = ""
@@ -53,6 +54,7 @@ class Identity:
         return cls(
             embedding=mean_embedding(list(faces), weights),
             kps=np.asarray(faces[0].kps, dtype=np.float32).copy(),
+            bbox=np.asarray(faces[0].bbox, dtype=np.float32).copy(),
             image_size=(int(image_sizes[0][0]), int(image_sizes[0][1])),
             source_count=len(faces),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -72,6 +74,8 @@ def save_identity(identity: Identity, path: Path | str) -> Path:
     tensors = {"embedding": embedding}
     if identity.kps is not None:
         tensors["kps"] = np.asarray(identity.kps, dtype=np.float32).reshape(5, 2)
+    if identity.bbox is not None:
+        tensors["bbox"] = np.asarray(identity.bbox, dtype=np.float32).reshape(4)
     if identity.image_size is not None:
         tensors["image_size"] = np.asarray(identity.image_size, dtype=np.int64).reshape(2)
     metadata = {
@@ -113,6 +117,7 @@ def load_identity(path: Path | str) -> Identity:
         raise ModelFileError(msg)
     kps = tensors.get("kps")
     size = tensors.get("image_size")
+    bbox = tensors.get("bbox")
     try:
         extra = json.loads(metadata.get("extra", "{}"))
         count = int(metadata.get("source_count", "1"))
@@ -123,6 +128,7 @@ def load_identity(path: Path | str) -> Identity:
         embedding=embedding,
         kps=None if kps is None else np.asarray(kps, dtype=np.float32).reshape(5, 2),
         image_size=None if size is None else (int(size[0]), int(size[1])),
+        bbox=None if bbox is None else np.asarray(bbox, dtype=np.float32).reshape(4),
         source_count=count,
         created=metadata.get("created", ""),
         name=metadata.get("name", "") or path.stem,

@@ -31,6 +31,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     want = (3 * faces[0].embedding.astype(np.float64) + faces[1].embedding) / 4
     np.testing.assert_allclose(loaded.embedding, want, rtol=1e-6)
     np.testing.assert_array_equal(loaded.kps, faces[0].kps)
+    np.testing.assert_array_equal(loaded.bbox, faces[0].bbox)
     assert loaded.image_size == (640, 480)
     assert loaded.source_count == 2
     assert loaded.name == "alice"

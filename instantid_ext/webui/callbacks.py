@@ -1,0 +1,72 @@
+"""Registration of the extension's WebUI callbacks, run each time the script file loads.
+
+The WebUI clears callbacks and re-executes ``scripts/*.py`` on reload while this package
+stays imported, so registration is a plain function called from the script file, never a
+side effect of importing this package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from modules import script_callbacks
+
+from .. import __version__
+from ..ip_attention import remove_all_patches
+from . import host, run, settings
+from .services import controlnet_status, face_keypoints_for_controlnet, resources
+
+logger = logging.getLogger("instantid_ext")
+
+
+def configure_logging() -> None:
+    """One ``[InstantID]`` console handler (the WebUI configures logging only on request)."""
+    if any(getattr(h, "_instantid", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[InstantID] %(levelname)s: %(message)s"))
+    handler._instantid = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+    level = str(host.cmd_opt("instantid_loglevel", "INFO")).upper()
+    logger.setLevel(getattr(logging, level, logging.INFO))
+
+
+def on_script_unloaded() -> None:
+    run.cleanup_stale()
+    remove_all_patches()
+
+
+def api_info() -> dict[str, Any]:
+    ok, message = controlnet_status()
+    return {"version": __version__, "controlnet": {"available": ok, "message": message}}
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    from .api import register_routes
+
+    register_routes(app, resources, api_info)
+
+
+def register_controlnet_preprocessor() -> None:
+    """Add "InstantID keypoints" to ControlNet's preprocessor list when ControlNet is there."""
+    from ..errors import DependencyError
+    from .controlnet import ControlNetBridge
+
+    try:
+        bridge = ControlNetBridge.detect()
+    except DependencyError:
+        return
+    bridge.set_face_detector(face_keypoints_for_controlnet)
+    bridge.register_preprocessor()
+
+
+def register_callbacks() -> None:
+    configure_logging()
+    script_callbacks.on_cfg_denoiser(run.on_cfg_denoiser)
+    script_callbacks.on_script_unloaded(on_script_unloaded)
+    script_callbacks.on_app_started(on_app_started)
+    script_callbacks.on_ui_settings(settings.add_settings)
+    script_callbacks.on_before_ui(register_controlnet_preprocessor)
+    register_controlnet_preprocessor()

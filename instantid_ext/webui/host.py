@@ -1,0 +1,136 @@
+"""Every use of the WebUI's own modules, in one place, with the version differences handled.
+
+Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1. The rest of :mod:`instantid_ext.webui`
+asks this module for paths, options and model checks instead of importing ``modules.*``,
+which keeps the glue testable with a small stand-in of these few names.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from modules import paths, shared
+
+from ..errors import IncompatibleModelError, InstantIDError
+from ..resources import Locations
+from ..sdxl_layers import sdxl_attn2_layers
+
+logger = logging.getLogger(__name__)
+
+SDXL_VECTOR = 2816
+"""Width of SDXL base's ``y`` (pooled text + size/crop embeddings); the refiner uses 2560."""
+
+
+def cmd_opt(name: str, default: Any = None) -> Any:
+    return getattr(shared.cmd_opts, name, default) or default
+
+
+def opt(name: str, default: Any = None) -> Any:
+    return getattr(shared.opts, name, default)
+
+
+def models_dir() -> Path:
+    return Path(paths.models_path)
+
+
+def controlnet_extension_dir() -> Path | None:
+    """sd-webui-controlnet's folder, found through its already-imported script module."""
+    module = sys.modules.get("scripts.controlnet")
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve().parent.parent if file else None
+
+
+def controlnet_annotator_dir() -> Path | None:
+    """Where ControlNet keeps annotator downloads (it stores antelopev2 below ``insightface``)."""
+    configured = opt("control_net_modules_path") or cmd_opt("controlnet_annotator_models_path")
+    if configured:
+        return Path(configured)
+    ext = controlnet_extension_dir()
+    return ext / "annotator" / "downloads" if ext else None
+
+
+def locations() -> Locations:
+    """Model folders in search order: ours first (where users are told to put files)."""
+    ours = Path(cmd_opt("instantid_models_dir") or models_dir() / "instantid")
+    controlnet_dirs = [models_dir() / "ControlNet", cmd_opt("controlnet_dir"), opt("control_net_models_path")]
+    ext = controlnet_extension_dir()
+    if ext:
+        controlnet_dirs.append(ext / "models")
+    extra = [
+        Path(p.strip()) for p in str(opt("instantid_extra_model_dirs", "") or "").split(";") if p.strip()
+    ]
+    model_dirs = [ours, *extra, *(Path(d) for d in controlnet_dirs if d)]
+    insightface = [cmd_opt("instantid_insightface_dir"), models_dir() / "insightface"]
+    annotator = controlnet_annotator_dir()
+    if annotator:
+        insightface.append(annotator / "insightface")
+    providers = opt("instantid_providers") or cmd_opt("instantid_providers", "cpu")
+    return Locations(
+        model_dirs=tuple(dict.fromkeys(Path(p) for p in model_dirs)),
+        insightface_roots=tuple(dict.fromkeys(Path(p) for p in insightface if p)),
+        identity_dir=ours / "identities",
+        providers=str(providers),
+    )
+
+
+def check_sdxl_base(model: Any) -> None:
+    """Refuse anything but an SDXL base UNet (SD1.x/2.x, refiner, SSD-1B, SD3), naming it."""
+    if model is None:
+        msg = "No Stable Diffusion checkpoint is loaded; load an SDXL model first."
+        raise IncompatibleModelError(msg)
+    name = getattr(getattr(model, "sd_checkpoint_info", None), "name_for_extra", None) or "the loaded model"
+    if getattr(model, "is_sd3", False):
+        msg = f"InstantID works with SDXL models; {name} is Stable Diffusion 3. Load an SDXL checkpoint."
+        raise IncompatibleModelError(msg)
+    if not getattr(model, "is_sdxl", False):
+        family = "SD2.x" if getattr(model, "is_sd2", False) else "SD1.x"
+        msg = (
+            f"InstantID works only with SDXL models, but {name} is {family}. Load an SDXL checkpoint "
+            "(e.g. SDXL base or a fine-tune of it) to use InstantID."
+        )
+        raise IncompatibleModelError(msg)
+    if getattr(model, "is_ssd", False):
+        msg = f"{name} is SSD-1B, a distilled SDXL with fewer attention layers; InstantID needs SDXL base."
+        raise IncompatibleModelError(msg)
+    unet = unet_of(model)
+    label_emb = getattr(unet, "label_emb", None)
+    try:
+        vector = label_emb[0][0].in_features
+    except (TypeError, IndexError, AttributeError):
+        vector = SDXL_VECTOR
+    if vector != SDXL_VECTOR:
+        msg = f"{name} is the SDXL refiner; InstantID needs an SDXL base model (use it before the refiner)."
+        raise IncompatibleModelError(msg)
+    sdxl_attn2_layers(unet)
+
+
+def unet_of(model: Any) -> Any:
+    """The sgm ``UNetModel`` inside the WebUI's model wrapper."""
+    try:
+        return model.model.diffusion_model
+    except AttributeError as err:
+        msg = (
+            "This model has no accessible UNet (a TensorRT or other custom UNet?); InstantID cannot hook it."
+        )
+        raise IncompatibleModelError(msg) from err
+
+
+def abort_job(p: Any, error: InstantIDError) -> None:
+    """Stop the job with ``error`` shown to the user (UI) or as HTTP 422 (API).
+
+    The WebUI catches and only logs exceptions raised in script hooks, so raising there
+    would let the job run without InstantID. ``p.setup_prompts()`` is the first call of
+    ``process_images_inner`` that is not wrapped (1.6–1.10) and runs before any other
+    script's ``process``: shadowing it on the instance aborts before anything is hooked.
+    The API answers with ``status_code`` from the exception's attributes.
+    """
+    error.status_code = 422  # type: ignore[attr-defined]
+    error.detail = str(error)  # type: ignore[attr-defined]
+
+    def raise_error(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    p.setup_prompts = raise_error

@@ -1,0 +1,121 @@
+"""What the UI, the API and ControlNet's preprocessor ask of the extension, in one place.
+
+Holds the process-wide :class:`Resources` (model scan, loaded adapter; located through
+:mod:`.host` on every call, so changed settings apply at once) and the UI's helper actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..args import InstantIDArgs
+from ..errors import InstantIDError
+from ..face import choose_face
+from ..identity import Identity
+from ..images import to_rgb_array
+from ..pipeline import build_face_conditioning
+from ..resources import Resources
+from . import host
+
+logger = logging.getLogger(__name__)
+
+_RESOURCES = Resources(host.locations)
+
+
+def resources() -> Resources:
+    return _RESOURCES
+
+
+def controlnet_status() -> tuple[bool, str]:
+    from .controlnet import ControlNetBridge
+
+    return ControlNetBridge.available()
+
+
+def face_keypoints_for_controlnet(image: np.ndarray) -> np.ndarray | None:
+    """Keypoints of the largest face in an RGB image, for "InstantID keypoints" in ControlNet."""
+    try:
+        faces = resources().analyzer().analyze(image, label="the ControlNet input image")
+    except InstantIDError as err:
+        logger.warning("%s", err)
+        return None
+    return None if not faces else np.asarray(choose_face(faces).kps)
+
+
+def annotate_faces(image: Any, faces: list) -> np.ndarray:
+    """The reference photo with each face's box, index (left to right) and keypoints drawn."""
+    canvas = to_rgb_array(image).copy()
+    thickness = max(2, round(max(canvas.shape[:2]) / 300))
+    for index, face in enumerate(faces):
+        x1, y1, x2, y2 = (int(v) for v in face.bbox)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), thickness)
+        label = f"{index}  {face.score:.2f}"
+        cv2.putText(
+            canvas, label, (x1, max(y1 - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, thickness / 3, (0, 255, 0), 2
+        )
+        for x, y in face.kps:
+            cv2.circle(canvas, (int(x), int(y)), thickness + 1, (255, 0, 0), -1)
+    return canvas
+
+
+def preview(
+    images: Any,
+    pose_image: Any,
+    pose_source: str,
+    face_choice: str,
+    face_index: int,
+    resize_mode: str,
+    width: int,
+    height: int,
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Detected faces on the first reference, the keypoint hint at the output size, a message."""
+    try:
+        args = InstantIDArgs.parse(
+            {
+                "images": images or [],
+                "pose_image": pose_image,
+                "pose_source": pose_source,
+                "face_choice": face_choice,
+                "face_index": int(face_index or 0),
+                "resize_mode": resize_mode,
+            }
+        )
+        if not args.images:
+            return None, None, "Add a reference face photo first."
+        analyzer = resources().analyzer()
+        faces = analyzer.analyze(args.images[0], label="the reference image")
+        annotated = annotate_faces(args.images[0], faces)
+        conditioning = build_face_conditioning(args, lambda: analyzer)
+        hint = conditioning.hint_image((int(width), int(height)), args.resize_mode)
+    except InstantIDError as err:
+        return None, None, f"⚠ {err}"
+    chosen = (
+        "" if len(faces) < 2 else f" ({len(faces)} faces found; using {args.face_choice.replace('_', ' ')})"
+    )
+    return annotated, hint, f"Face found{chosen}. Keypoint hint shown at {int(width)}×{int(height)}."
+
+
+def save_identity(name: str, images: Any, face_choice: str, face_index: int, overwrite: bool) -> str:
+    """Analyse the photos and store their mean embedding under ``name``; returns a status line."""
+    try:
+        args = InstantIDArgs.parse(
+            {"images": images or [], "face_choice": face_choice, "face_index": int(face_index or 0)}
+        )
+        if not args.images:
+            return "Add one or more reference photos to save as an identity."
+        analyzer = resources().analyzer()
+        faces = [
+            analyzer.analyze_one(img, args.face_choice, args.face_index, label=f"reference image {i + 1}")
+            for i, img in enumerate(args.images)
+        ]
+        sizes = [(to_rgb_array(img).shape[1], to_rgb_array(img).shape[0]) for img in args.images]
+        path = (
+            resources().identities().save(name, Identity.from_faces(faces, sizes), overwrite=bool(overwrite))
+        )
+    except InstantIDError as err:
+        return f"⚠ {err}"
+    return f"Saved identity '{path.stem}' from {len(faces)} photo(s)."
