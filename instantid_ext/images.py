@@ -7,10 +7,17 @@ consumer sees an ``H×W×3`` RGB ``uint8`` array.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import os
+import re
+import tempfile
+from pathlib import Path, PurePath
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import InvalidInputError
 
@@ -70,3 +77,222 @@ def to_rgb_array(image: ImageLike, channel_order: ChannelOrder = "rgb") -> np.nd
 def to_bgr_array(image: ImageLike, channel_order: ChannelOrder = "rgb") -> np.ndarray:
     """Like :func:`to_rgb_array`, in the BGR order OpenCV and insightface use."""
     return np.ascontiguousarray(to_rgb_array(image, channel_order)[..., ::-1])
+
+
+# --- Decoding whatever a UI control or an API caller sends ----------------------------------
+
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic")
+_EXIF_ORIENTATION = 0x0112
+#: Longest string we try as a file path; anything longer is base64.
+_MAX_PATH_CHARS = 4096
+#: Gallery pairs, gradio dicts and file objects nest; real values never go deeper than this.
+_MAX_NESTING = 4
+#: Pillow's decode errors; a corrupt or truncated upload raises one of these.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _describe_value(value: object) -> str:
+    """Name a bad value without echoing it: base64 payloads are megabytes."""
+    if isinstance(value, str):
+        return f"a {len(value)}-character string" if len(value) > 40 else repr(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"{len(value)} bytes"
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        keys = ", ".join(repr(k) for k in list(value)[:6])
+        return f"a dict with keys {keys}" if keys else "an empty dict"
+    return f"a value of type {type(value).__name__}"
+
+
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """Apply the EXIF rotation (phone photos) and flatten to RGB as :func:`to_rgb_array` does."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS:  # a broken EXIF block must not make a usable photo unreadable
+        orientation = 1
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    return Image.fromarray(to_rgb_array(image))
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that answers False for names the OS rejects (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _open_bytes(data: bytes, what: str) -> Image.Image:
+    try:
+        opened = Image.open(io.BytesIO(data))
+        opened.load()
+        upright = _upright_rgb(opened)
+        # A plain copy drops the decoder and its buffer, and compares equal to other images.
+        return upright.copy() if upright is opened else upright
+    except _DECODE_ERRORS as err:
+        msg = (
+            f"{what} is not an image Pillow can read ({len(data)} bytes; {type(err).__name__}): "
+            "send a PNG, JPEG or WebP."
+        )
+        raise InvalidInputError(msg) from err
+
+
+_EXTRA_IMAGE_DIRS: list[Path] = []
+
+
+def allow_image_dir(folder: Path | str) -> None:
+    """Let image paths below ``folder`` be read (the WebUI's own temp folder for uploads)."""
+    resolved = Path(folder).expanduser().resolve()
+    if resolved not in _EXTRA_IMAGE_DIRS:
+        _EXTRA_IMAGE_DIRS.append(resolved)
+
+
+def _readable_dirs() -> list[Path]:
+    """Where uploaded images live: gradio copies uploads into the temp folder."""
+    dirs = [Path(tempfile.gettempdir()).resolve(), *_EXTRA_IMAGE_DIRS]
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        dirs.append(Path(os.environ["GRADIO_TEMP_DIR"]).expanduser().resolve())
+    return dirs
+
+
+def _open_path(path: Path) -> Image.Image:
+    # Paths arrive from gradio uploads; an API caller must not make the server read other files.
+    resolved = path.expanduser().resolve()
+    if not any(resolved.is_relative_to(folder) for folder in _readable_dirs()):
+        msg = (
+            f"Image paths are accepted only for uploads in the temporary folder; '{path}' is elsewhere. "
+            "Send the image itself (base64) instead."
+        )
+        raise InvalidInputError(msg)
+    if not _is_file(path):
+        msg = (
+            f"Image file '{path}' does not exist: if it was an upload, its temporary copy was "
+            "cleaned up; add the image again."
+        )
+        raise InvalidInputError(msg)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        msg = f"Image file '{path}' could not be read: {err.strerror or err}."
+        raise InvalidInputError(msg) from err
+    return _open_bytes(data, f"File '{path}'")
+
+
+def _decode_base64(text: str) -> bytes:
+    payload = re.sub(r"\s+", "", text)
+    payload += "=" * (-len(payload) % 4)
+    try:
+        if "-" in payload or "_" in payload:
+            return base64.urlsafe_b64decode(payload)
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        msg = (
+            f"{_describe_value(text)} is neither base64 image data, a data:image/...;base64, URL "
+            "nor an existing image file."
+        )
+        raise InvalidInputError(msg) from err
+
+
+def _decode_string(text: str) -> Image.Image:
+    text = text.strip()
+    if not text:
+        msg = "The image is an empty string: send base64 image data or a data:image/...;base64, URL."
+        raise InvalidInputError(msg)
+    lowered = text[:16].lower()
+    if lowered.startswith(("http://", "https://")):
+        msg = (
+            "Image URLs are not downloaded: send the image itself as base64 "
+            "(plain or as a data:image/png;base64, URL)."
+        )
+        raise InvalidInputError(msg)
+    if lowered.startswith("data:"):
+        match = _DATA_URL.match(text)
+        if match is None:
+            msg = f"{_describe_value(text)} is a data URL but not a base64 image (data:image/...;base64,)."
+            raise InvalidInputError(msg)
+        return _open_bytes(_decode_base64(text[match.end() :]), "The data URL")
+    if len(text) <= _MAX_PATH_CHARS and "\n" not in text:
+        path = Path(text).expanduser()
+        if text.lower().endswith(_IMAGE_SUFFIXES) or _is_file(path):
+            return _open_path(path)
+    return _open_bytes(_decode_base64(text), "The base64 data")
+
+
+def _decode_mapping(value: dict, depth: int) -> Image.Image:
+    """gradio's image dicts: ``{"image", "mask"}``, gallery items and file data (3.x and 4.x)."""
+    if value.get("image") is not None:
+        return _decode(value["image"], depth + 1)
+    for key in ("path", "name"):
+        candidate = value.get(key)
+        if isinstance(candidate, str) and candidate and (value.get("is_file") or _is_file(Path(candidate))):
+            return _open_path(Path(candidate))
+    for key in ("data", "path", "name", "url"):
+        candidate = value.get(key)
+        if candidate is not None and candidate != "":
+            return _decode(candidate, depth + 1)
+    msg = f"Got {_describe_value(value)} but no image in it (expected 'image', 'path', 'name' or 'data')."
+    raise InvalidInputError(msg)
+
+
+def _decode(value: object, depth: int) -> Image.Image:
+    if depth > _MAX_NESTING:
+        msg = f"The image is nested too deeply ({_describe_value(value)})."
+        raise InvalidInputError(msg)
+    if isinstance(value, Image.Image):
+        return _upright_rgb(value)
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(to_rgb_array(value))
+    if isinstance(value, str):
+        return _decode_string(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _open_bytes(bytes(value), "The image data")
+    if isinstance(value, PurePath | os.PathLike):
+        return _open_path(Path(os.fspath(value)))
+    if isinstance(value, dict):
+        return _decode_mapping(value, depth)
+    if isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[1], str | None):
+        return _decode(value[0], depth + 1)  # a gallery entry: (image or path, caption)
+    for attr in ("path", "name"):  # gr.File's temp-file wrapper, gradio 4 FileData
+        candidate = getattr(value, attr, None)
+        if isinstance(candidate, str) and candidate:
+            return _open_path(Path(candidate))
+    if value is None:
+        msg = "No image was given."
+        raise InvalidInputError(msg)
+    msg = (
+        f"Cannot read an image from {_describe_value(value)}: send a base64 string, a data:image/...;base64, "
+        "URL, a PIL image or an H×W(×3/×4) array."
+    )
+    raise InvalidInputError(msg)
+
+
+def decode_image(value: object) -> Image.Image:
+    """Return any image a UI control or an API caller can send as a PIL RGB image.
+
+    Takes PIL images, numpy arrays (H×W, H×W×3, H×W×4), base64 strings, ``data:image/…;base64,``
+    URLs, raw bytes, file paths (gradio hands uploads over as temporary files), gradio's
+    ``{"image", "mask"}`` dicts, its file dicts and objects (``name``/``path``) and gallery
+    entries ``(image, caption)``. EXIF rotation is applied and alpha is composited over black.
+    http(s) URLs are refused: the extension never goes to the network. Raises
+    :class:`InvalidInputError` with a message that never echoes the image data.
+    """
+    return _decode(value, 0)
+
+
+def encode_image_png_base64(img: ImageLike) -> str:
+    """PNG, base64-encoded without a ``data:`` prefix: what the WebUI API sends and expects."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(to_rgb_array(img))
+    elif not isinstance(img, Image.Image):
+        msg = f"Expected a PIL image or a numpy array, got {type(img).__name__}."
+        raise InvalidInputError(msg)
+    if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

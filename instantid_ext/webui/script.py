@@ -7,7 +7,7 @@ from typing import Any
 
 from modules import scripts
 
-from ..args import InstantIDArgs
+from ..args import InstantIDArgs, is_enabled
 from ..errors import InstantIDError
 from . import host, run, services
 
@@ -58,12 +58,10 @@ class InstantIDScript(scripts.Script):
 
     def before_process(self, p: Any, *args: Any) -> None:
         run.cleanup_stale()
-        if not args or args[0] is False or args[0] is None:
+        if not args or args[0] is False or not is_enabled(args):
             return  # off: nothing else runs, nothing is touched
         try:
             parsed = InstantIDArgs.parse(args)
-            if not parsed.enabled:
-                return
             run.start(p, parsed, services.resources())
         except InstantIDError as err:
             _fail(p, err)
