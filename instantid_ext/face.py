@@ -147,10 +147,11 @@ def _import_insightface() -> tuple[Any, Any]:
 
 
 def _normalize_providers(requested: ProvidersLike) -> tuple[str, ...]:
-    """Map "cpu"/"cuda"/"rocm"/"coreml" (or full ONNX Runtime names) to provider names."""
+    """Map "cpu"/"cuda"/"rocm"/"coreml" (or full ONNX Runtime names, or a comma-separated
+    list of them as the ``--instantid-providers`` flag gives) to provider names."""
     if requested is None:
         requested = "cpu"
-    items = [requested] if isinstance(requested, str) else list(requested)
+    items = [p for p in requested.split(",") if p.strip()] if isinstance(requested, str) else list(requested)
     names: list[str] = []
     for item in items:
         if not isinstance(item, str):

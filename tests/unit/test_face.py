@@ -523,3 +523,7 @@ def test_a_pack_folder_in_the_working_directory_is_ignored(
     monkeypatch.chdir(tmp_path)
     img, drawn = one_face()
     np.testing.assert_allclose(FaceAnalyzer(pack_root).analyze_one(img).bbox, drawn.bbox, atol=BBOX_TOL)
+
+
+def test_providers_accept_the_flags_comma_list() -> None:
+    assert face_mod._normalize_providers("cuda, cpu") == ("CUDAExecutionProvider", "CPUExecutionProvider")
