@@ -40,13 +40,17 @@ def on_script_unloaded() -> None:
 
 def api_info() -> dict[str, Any]:
     ok, message = controlnet_status()
-    return {"version": __version__, "controlnet": {"available": ok, "message": message}}
+    return {
+        "version": __version__,
+        "webui_version": host.webui_version(),
+        "controlnet": {"available": ok, "message": message},
+    }
 
 
 def on_app_started(demo: Any, app: Any) -> None:
     from .api import register_routes
 
-    register_routes(app, resources, api_info)
+    register_routes(app, resources, api_info, dependencies=host.api_dependencies())
 
 
 def register_controlnet_preprocessor() -> None:

@@ -134,3 +134,34 @@ def abort_job(p: Any, error: InstantIDError) -> None:
         raise error
 
     p.setup_prompts = raise_error
+
+
+def webui_version() -> str:
+    """The WebUI's version tag (e.g. ``v1.10.1``), or "unknown"."""
+    try:
+        from modules import launch_utils
+
+        return str(launch_utils.git_tag())
+    except Exception:  # version lookup must never break a request
+        return "unknown"
+
+
+def api_dependencies() -> list[Any]:
+    """FastAPI dependencies enforcing the WebUI's ``--api-auth`` on our routes too."""
+    auth = cmd_opt("api_auth")
+    if not auth:
+        return []
+    from secrets import compare_digest
+
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    users = dict(item.split(":", 1) for item in str(auth).split(",") if ":" in item)
+
+    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> None:  # noqa: B008
+        password = users.get(credentials.username)
+        if password is not None and compare_digest(credentials.password, password):
+            return
+        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return [Depends(check)]
