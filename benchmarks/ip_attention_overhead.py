@@ -1,0 +1,130 @@
+"""How much the InstantID attention hooks add to one SDXL UNet call.
+
+Builds an SDXL-shaped UNet (the real block structure and attn2 widths: 70 cross-attention
+layers of 640/1280 channels, 64-wide heads, 2048-wide context) with random weights, then
+times a UNet call without InstantID, with our hooks, and with a straightforward per-step
+implementation (keys/values and the query recomputed in every call, as a naive port does),
+all on the same inputs. Run on a GPU for numbers that matter::
+
+    python benchmarks/ip_attention_overhead.py --device cuda --dtype float16 --latent 128
+
+The default (CPU, float32, a 32×32 latent) finishes in about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from instantid_ext.ip_adapter import IPAdapter
+from instantid_ext.ip_attention import IPAttentionPatch
+from instantid_ext.resampler import Resampler
+from instantid_ext.sdxl_layers import sdxl_attn2_layers
+from tests.fakes.sgm_unet import make_unet
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, repeats: int) -> list[float]:
+    fn()  # warm-up (and the one-time precompute of the hooks)
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def naive_hooks(unet: torch.nn.Module, adapter: IPAdapter, tokens: torch.Tensor, scale: float) -> list:
+    """The textbook version: per call, q = to_q(x), k/v = to_k_ip/to_v_ip(tokens), SDPA, to_out."""
+    handles = []
+    for layer, to_k, to_v in zip(sdxl_attn2_layers(unet), adapter.to_k_ip, adapter.to_v_ip, strict=True):
+        attn = layer.module
+
+        def hook(module, args, output, to_k=to_k, to_v=to_v):
+            x = args[0]
+            b, s, c = x.shape
+            h = module.heads
+            q = module.to_q(x).view(b, s, h, -1).transpose(1, 2)
+            t = tokens.to(x.dtype).expand(b, -1, -1)
+            k = F.linear(t, to_k.weight.to(x.dtype)).view(b, -1, h, c // h).transpose(1, 2)
+            v = F.linear(t, to_v.weight.to(x.dtype)).view(b, -1, h, c // h).transpose(1, 2)
+            ip = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, c)
+            return output + scale * F.linear(ip, module.to_out[0].weight)
+
+        handles.append(attn.register_forward_hook(hook))
+    return handles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--latent", type=int, default=32, help="latent side (image side / 8)")
+    parser.add_argument("--batch", type=int, default=2, help="rows per UNet call (cond + uncond)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    unet = make_unet(widths=(320, 640, 1280), d_head=64).to(device, dtype)
+    layers = sdxl_attn2_layers(unet)
+    resampler = Resampler(dim=1280, depth=4, heads=20)
+    to_k = [torch.nn.Linear(2048, layer.module.to_k.out_features, bias=False) for layer in layers]
+    to_v = [torch.nn.Linear(2048, layer.module.to_k.out_features, bias=False) for layer in layers]
+    adapter = IPAdapter(resampler.eval(), to_k, to_v)
+    cond = adapter.face_tokens(torch.randn(512) * 20)
+    uncond = adapter.uncond_tokens()
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    b, n = args.batch, args.latent
+    x = torch.randn(b, 4, n, n, generator=g).to(device, dtype)
+    t = torch.full((b,), 500.0, device=device)
+    ctx = torch.randn(b, 77, 2048, generator=g).to(device, dtype)
+    y = torch.randn(b, 2816, generator=g).to(device, dtype)
+
+    @torch.no_grad()
+    def step() -> None:
+        unet(x, timesteps=t, context=ctx, y=y)
+
+    plain = timed(step, device, args.repeats)
+    with IPAttentionPatch(unet, adapter, cond, uncond, scale=0.8) as patch:
+        patch.router.begin_step(n_cond=b // 2 or 1, n_total=b)
+
+        def routed_step() -> None:
+            patch.router.begin_step(n_cond=b // 2 or 1, n_total=b)
+            step()
+
+        ours = timed(routed_step, device, args.repeats)
+    handles = naive_hooks(unet, adapter, cond.to(device), 0.8)
+    try:
+        naive = timed(step, device, args.repeats)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    base = statistics.median(plain)
+    print(f"device={device} dtype={args.dtype} latent={n}x{n} batch={b}")
+    for name, times in (
+        ("UNet alone", plain),
+        ("+ InstantID hooks", ours),
+        ("+ naive per-step hooks", naive),
+    ):
+        med = statistics.median(times)
+        print(f"{name:<24} {med:9.2f} ms   (+{med - base:8.2f} ms, {100 * (med - base) / base:5.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
