@@ -142,5 +142,5 @@ class FaceTokens:
     @classmethod
     def from_embedding(cls, adapter: IPAdapter, embedding: np.ndarray) -> FaceTokens:
         """cond = Resampler(embedding); uncond = Resampler(zeros), as the reference's CFG batch."""
-        cond = adapter.face_tokens(torch.from_numpy(np.asarray(embedding, dtype=np.float32)))
+        cond = adapter.face_tokens(torch.tensor(np.asarray(embedding, dtype=np.float32)))
         return cls(cond=cond.cpu(), uncond=adapter.uncond_tokens().cpu())

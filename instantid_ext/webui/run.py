@@ -94,7 +94,8 @@ def prepare(p: Any, args: InstantIDArgs, resources: Resources) -> RunState:
     if args.control_weight > 0:
         bridge = _controlnet_bridge()
         state.identitynet_file = resources.identitynet(args.identitynet_model)
-        key = bridge.identitynet_model_key(state.identitynet_file.path)
+        links = resources.locations.model_dirs[0] / ".controlnet-links"
+        key = bridge.identitynet_model_key(state.identitynet_file.path, cache_dir=links)
         hint = conditioning.hint_image(size, args.resize_mode)
         state.bridge = bridge
         state.unit = bridge.inject_unit(

@@ -1,0 +1,781 @@
+"""IdentityNet through sd-webui-controlnet: one ControlNet unit that InstantID drives itself.
+
+IdentityNet is an SDXL ControlNet whose cross-attention context is the 16 face tokens
+instead of the prompt. ControlNet can run such a model (its own InstantID mode), but only
+for files whose path contains ``instant_id`` and only right after an IP-Adapter unit. So we
+let ControlNet load our file as a *plain* ControlNet under a neutral path, put one enabled
+unit into a free ControlNet slot of the job, and once ControlNet has built its per-unit
+parameters we switch that unit (and only it) to ControlNet's InstantID context path with
+our face tokens.
+
+ControlNet is reached only through ``sys.modules``: importing it by a dotted extension path
+would create a second copy of its modules (and of its registries). If it is missing or
+older than :data:`MIN_CONTROLNET`, :meth:`ControlNetBridge.detect` raises one
+:class:`DependencyError` naming the version to install. Every change we make to the job or
+to ControlNet is recorded and undone by :meth:`ControlNetBridge.cleanup`.
+
+ControlNet internals used (identical from 1.1.444 to 1.1.455 unless noted):
+
+- ``scripts.controlnet_version.version_flag`` ("v1.1.455").
+- ``scripts.external_code``: ``ControlNetUnit``, ``ResizeMode``, ``ControlMode``,
+  ``find_cn_script``, ``to_processing_unit`` (a dict without ``enabled`` is enabled at
+  1.1.444-1.1.447 and disabled from 1.1.448 on).
+- ``scripts.global_state.cn_models``: the model key -> file path dict ControlNet loads from.
+- ``scripts.supported_preprocessor.Preprocessor`` (added in 1.1.444): the preprocessor registry.
+- ``scripts.hook``: ``ControlModelType``, ``ImageEmbed`` (the class ``UnetHook`` checks with
+  ``isinstance``) and ``mark_prompt_context``.
+- The ControlNet script object: ``args_from``/``args_to``, ``enabled_units`` and
+  ``latest_network.control_params`` (one ``ControlParams`` per enabled unit, same order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import re
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import DependencyError, InstantIDError, InvalidInputError, ModelFileError, NoFaceError
+from ..keypoints import draw_kps
+from ..models import DIFFUSERS_WEIGHTS, short_hash
+
+logger = logging.getLogger(__name__)
+
+Version = tuple[int, int, int]
+FaceDetector = Callable[[np.ndarray], np.ndarray | None]
+
+MIN_CONTROLNET: Version = (1, 1, 444)
+#: Newest release checked against; newer ones are used with a warning.
+TESTED_CONTROLNET: Version = (1, 1, 455)
+
+PREPROCESSOR_NAME = "instantid_keypoints"
+PREPROCESSOR_LABEL = "InstantID keypoints"
+PREPROCESSOR_TAG = "Instant-ID"
+
+#: ControlNet types a model as InstantID (and then demands an IP-Adapter unit before it)
+#: when this appears anywhere in the lower-cased path of the file it loads.
+CN_INSTANTID_PATH_MARK = "instant_id"
+#: Stem of the model key. "xl" makes ControlNet's version check see an SDXL model; no
+#: "instant_id", "shuffle", "sd15" or punctuation that ControlNet's infotext refuses.
+MODEL_KEY_STEM = "InstantID-IdentityNet-SDXL"
+LINK_PREFIX = "identitynet-"
+#: Where neutral links go when the caller names no folder (inside this extension).
+DEFAULT_LINK_DIR = Path(__file__).resolve().parents[2] / "cache" / "controlnet"
+
+_INSTALL = (
+    "Install sd-webui-controlnet {min} or newer from the Extensions tab (Available → ControlNet, "
+    "or 'Install from URL' https://github.com/Mikubill/sd-webui-controlnet) and restart the WebUI"
+)
+_UNIT_COUNT_SETTING = "'Multi-ControlNet: ControlNet unit number' in Settings → ControlNet"
+
+_MODULE_NAMES = {
+    "version": "scripts.controlnet_version",
+    "external_code": "scripts.external_code",
+    "global_state": "scripts.global_state",
+    "hook": "scripts.hook",
+    "preprocessors": "scripts.supported_preprocessor",
+}
+_REQUIRED_UNIT_FIELDS = frozenset(
+    {"enabled", "module", "model", "weight", "image", "resize_mode", "low_vram", "processor_res"}
+    | {"guidance_start", "guidance_end", "pixel_perfect", "control_mode"}
+)
+_INFOTEXT_KEY = re.compile(r"ControlNet (\d+)")
+#: What a mismatch with ControlNet's internals looks like; turned into one DependencyError.
+_INTERNAL_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError, AssertionError)
+
+
+def _fmt(version: Version | None) -> str:
+    return "of unknown version" if version is None else ".".join(map(str, version))
+
+
+def _install_hint() -> str:
+    return _INSTALL.format(min=_fmt(MIN_CONTROLNET))
+
+
+def parse_version(flag: object) -> Version | None:
+    """``(1, 1, 455)`` from ControlNet's ``version_flag`` ("v1.1.455"), or None."""
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", str(flag or ""))
+    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
+
+
+# -- the keypoint preprocessor ------------------------------------------------------------
+_FACE_DETECTOR: FaceDetector | None = None
+
+
+def set_face_detector(fn: FaceDetector | None) -> None:
+    """Give the "InstantID keypoints" preprocessor its face detector.
+
+    The preprocessor lives in ControlNet's process-wide registry and outlives any bridge,
+    so the detector is process-wide too. ``fn`` takes an RGB uint8 image and returns the
+    5×2 keypoints of its largest face, or None when there is no face.
+    """
+    global _FACE_DETECTOR
+    _FACE_DETECTOR = fn
+
+
+def keypoint_image(image: np.ndarray) -> np.ndarray:
+    """The IdentityNet hint for ``image``: its largest face's keypoints drawn at its size.
+
+    Used by "InstantID keypoints" when someone picks it in ControlNet's own panel; our
+    own unit never goes through it (see :meth:`ControlNetBridge.inject_unit`).
+    """
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        msg = f"InstantID keypoints needs an 8-bit image, got {array.dtype} of shape {array.shape}."
+        raise InvalidInputError(msg)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    rgb = np.ascontiguousarray(array[..., :3])  # the /detect route may hand over RGBA
+    detector = _FACE_DETECTOR
+    if detector is None:
+        msg = (
+            "InstantID keypoints cannot detect faces: InstantID's face analysis is not set up "
+            "(see the InstantID messages in the console)."
+        )
+        raise DependencyError(msg)
+    kps = detector(rgb)
+    if kps is None:
+        msg = "InstantID keypoints found no face in the ControlNet input image; use a clear face photo."
+        raise NoFaceError(msg)
+    height, width = rgb.shape[:2]
+    return np.array(draw_kps((width, height), kps), dtype=np.uint8)
+
+
+def _keypoint_preprocessor_class(base: type, parameter: type) -> type:
+    """A subclass of ControlNet's own ``Preprocessor`` (built at run time: it lives in CN).
+
+    Deliberately **not** a dataclass: ``@dataclass`` would generate ``__eq__`` and drop the
+    base's name-based ``__hash__``, breaking ControlNet's lru-cache and its
+    ``unload_unused`` set.
+    """
+
+    class InstantIDKeypoints(base):  # type: ignore[misc, valid-type]
+        instantid_owned = True
+
+        def __init__(self) -> None:
+            super().__init__(name=PREPROCESSOR_NAME)
+            self._label = PREPROCESSOR_LABEL
+            self.tags = [PREPROCESSOR_TAG]
+            self.returns_image = True
+            # The keypoints are drawn at the input's own size; a resolution would do nothing.
+            self.slider_resolution = parameter(
+                label="Resolution", minimum=64, maximum=2048, value=512, step=8, visible=False
+            )
+
+        def __call__(
+            self,
+            input_image: np.ndarray,
+            resolution: Any = None,
+            slider_1: Any = None,
+            slider_2: Any = None,
+            slider_3: Any = None,
+            input_mask: Any = None,
+            **kwargs: Any,
+        ) -> np.ndarray:
+            # A plain ndarray, not ``Preprocessor.Result``: the latter only exists from 1.1.446.
+            return keypoint_image(input_image)
+
+        def unload(self) -> bool:
+            # ControlNet calls unload() on every preprocessor each run (1.1.446+); our
+            # detector is not ControlNet's to move around.
+            return False
+
+    return InstantIDKeypoints
+
+
+# -- run state ----------------------------------------------------------------------------
+def _ref(obj: Any) -> Callable[[], Any]:
+    """A weak reference when ``obj`` allows one (the WebUI's ``p`` does), else a strong one."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+@dataclass(eq=False)
+class InjectedUnit:
+    """Our unit in one job: where it sits in ``p.script_args`` and how to put things back."""
+
+    slot: int
+    """Index in ``p.script_args``."""
+    unit_index: int
+    """Index among ControlNet's units (0 = "ControlNet Unit 0" in its panel)."""
+    unit: Any
+    """The ``ControlNetUnit`` we placed."""
+    original: Any
+    """What the slot held before."""
+    hint: np.ndarray
+    model_key: str
+    weight: float
+    guidance_start: float
+    guidance_end: float
+    restored: bool = False
+    _param_undo: list[tuple[Any, dict[str, Any]]] = field(default_factory=list, repr=False)
+    _infotext_after: dict[str, Any] | None = field(default=None, repr=False)
+
+    def restore(self, p: Any) -> bool:
+        """Put the slot's original argument back; True if something changed. Idempotent."""
+        if self.restored or p is None:
+            return False
+        self.restored = True
+        args = getattr(p, "script_args", None)
+        if args is None or not 0 <= self.slot < len(args) or args[self.slot] is not self.unit:
+            return False
+        new = list(args)
+        new[self.slot] = self.original
+        p.script_args = tuple(new) if isinstance(args, tuple) else new
+        return True
+
+    def undo_params(self) -> None:
+        """Give ControlNet's parameters for our unit back their own type and values."""
+        for param, saved in reversed(self._param_undo):
+            for name, value in saved.items():
+                setattr(param, name, value)
+        self._param_undo.clear()
+
+
+@dataclass
+class _Registry:
+    """Process-wide record of our changes, so any bridge (and the next job) can undo them."""
+
+    models: dict[str, str] = field(default_factory=dict)
+    """Keys we put into ``global_state.cn_models`` -> the path we gave."""
+    known: dict[str, str] = field(default_factory=dict)
+    """Every key we ever made -> path, to re-add it after ControlNet rescans its models."""
+    jobs: list[tuple[Callable[[], Any], InjectedUnit]] = field(default_factory=list)
+
+
+_REGISTRY = _Registry()
+
+
+# -- the bridge ---------------------------------------------------------------------------
+class ControlNetBridge:
+    """The one door to sd-webui-controlnet; get it with :meth:`detect`."""
+
+    def __init__(self, version: Version | None, modules: dict[str, ModuleType]) -> None:
+        self.version = version
+        self._ec = modules["external_code"]
+        self._gs = modules["global_state"]
+        self._hook = modules["hook"]
+
+    @property
+    def version_text(self) -> str:
+        return _fmt(self.version)
+
+    # -- detection ----------------------------------------------------------------------
+    @classmethod
+    def detect(cls) -> ControlNetBridge:
+        """The bridge to the ControlNet this WebUI runs; :class:`DependencyError` if unusable."""
+        ec = sys.modules.get(_MODULE_NAMES["external_code"])
+        if ec is None or not hasattr(ec, "ControlNetUnit"):
+            msg = (
+                "IdentityNet needs the ControlNet extension, which is not installed or not enabled. "
+                f"{_install_hint()}."
+            )
+            raise DependencyError(msg)
+        version_module = sys.modules.get(_MODULE_NAMES["version"])
+        version = parse_version(getattr(version_module, "version_flag", None))
+        has_registry = _MODULE_NAMES["preprocessors"] in sys.modules
+        if (version is not None and version < MIN_CONTROLNET) or (version is None and not has_registry):
+            msg = f"ControlNet {_fmt(version)} is too old for InstantID's IdentityNet. {_install_hint()}."
+            raise DependencyError(msg)
+        modules: dict[str, ModuleType] = {"external_code": ec}
+        for role in ("global_state", "hook"):
+            module = sys.modules.get(_MODULE_NAMES[role])
+            if module is None:
+                msg = (
+                    f"ControlNet {_fmt(version)} is loaded without its '{_MODULE_NAMES[role]}' module, "
+                    f"so IdentityNet cannot run through it. Reinstall it: {_install_hint()}."
+                )
+                raise DependencyError(msg)
+            modules[role] = module
+        if version is not None and version > TESTED_CONTROLNET:
+            logger.warning(
+                "ControlNet %s is newer than the %s InstantID was checked with; report problems with it.",
+                _fmt(version),
+                _fmt(TESTED_CONTROLNET),
+            )
+        return cls(version, modules)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """Whether IdentityNet can run through ControlNet, and a sentence for the UI/API."""
+        try:
+            bridge = cls.detect()
+        except DependencyError as err:
+            return False, str(err)
+        return True, f"ControlNet {bridge.version_text} found: IdentityNet runs through it."
+
+    @contextlib.contextmanager
+    def _internals(self, action: str) -> Iterator[None]:
+        """Turn a surprise inside ControlNet into one readable :class:`DependencyError`."""
+        try:
+            yield
+        except InstantIDError:
+            raise
+        except _INTERNAL_ERRORS as err:
+            msg = (
+                f"Could not {action} in ControlNet {self.version_text} ({type(err).__name__}: {err}). "
+                f"InstantID works with sd-webui-controlnet {_fmt(MIN_CONTROLNET)} to "
+                f"{_fmt(TESTED_CONTROLNET)}; update both extensions, and report this if it persists."
+            )
+            raise DependencyError(msg) from err
+
+    # -- preprocessor -------------------------------------------------------------------
+    set_face_detector = staticmethod(set_face_detector)
+
+    def register_preprocessor(self) -> bool:
+        """Add "InstantID keypoints" to ControlNet's preprocessors; True if it is there now.
+
+        Idempotent (the WebUI re-runs registration on every UI reload while ControlNet's
+        registry survives), and a no-op if the registry is missing.
+        """
+        sp = sys.modules.get(_MODULE_NAMES["preprocessors"])
+        if sp is None:
+            return False
+        with self._internals(f"register the '{PREPROCESSOR_LABEL}' preprocessor"):
+            registry = sp.Preprocessor
+            taken = [
+                registry.all_processors.get(PREPROCESSOR_LABEL),
+                registry.all_processors_by_name.get(PREPROCESSOR_NAME),
+            ]
+            if any(entry is not None for entry in taken):
+                if all(getattr(entry, "instantid_owned", False) for entry in taken):
+                    return True
+                logger.warning(
+                    "Another extension already registered a ControlNet preprocessor named '%s'; "
+                    "InstantID's is not added.",
+                    PREPROCESSOR_LABEL,
+                )
+                return False
+            cls = _keypoint_preprocessor_class(registry, sp.PreprocessorParameter)
+            registry.add_supported_preprocessor(cls())
+        logger.info("Added the '%s' preprocessor to ControlNet", PREPROCESSOR_LABEL)
+        return True
+
+    # -- model ----------------------------------------------------------------------------
+    def identitynet_model_key(self, path: Path, cache_dir: Path | None = None) -> str:
+        """Make ControlNet able to load ``path`` and return the model name to put in a unit.
+
+        ``path`` is a single diffusers-format ``.safetensors`` or a diffusers folder. Users'
+        files are never renamed: if the path contains "instant_id" (ControlNet would then
+        type the model as its own InstantID and demand an IP-Adapter unit before it), a hard
+        link (else a symlink) under a neutral name in ``cache_dir`` is given to ControlNet.
+        """
+        weights = _weights_file(Path(path))
+        digest = short_hash(weights)[:8]
+        cn_path = str(weights.absolute())  # not resolve(): ControlNet must see the link's own name
+        if CN_INSTANTID_PATH_MARK in cn_path.lower():
+            cn_path = _neutral_link(weights, Path(cache_dir) if cache_dir else DEFAULT_LINK_DIR, digest)
+        key = f"{MODEL_KEY_STEM} [{digest}]"
+        with self._internals("register the IdentityNet model"):
+            models = self._gs.cn_models
+            if models.get(key) != cn_path:
+                models[key] = cn_path
+                _REGISTRY.models[key] = cn_path
+        _REGISTRY.known[key] = cn_path
+        return key
+
+    def _ensure_model(self, key: str) -> None:
+        """Re-add our entry if a ControlNet model rescan (refresh button, API) dropped it."""
+        models = self._gs.cn_models
+        if key in models:
+            return
+        path = _REGISTRY.known.get(key)
+        if path is None:
+            msg = f"'{key}' is not a model InstantID gave ControlNet; call identitynet_model_key() first."
+            raise InvalidInputError(msg)
+        models[key] = path
+        _REGISTRY.models[key] = path
+
+    def forget_models(self) -> None:
+        """Remove the model entries we added to ControlNet's list (links on disk are kept)."""
+        with self._internals("remove the IdentityNet model entry"):
+            models = self._gs.cn_models
+            for key, path in list(_REGISTRY.models.items()):
+                if models.get(key) == path:
+                    del models[key]
+        _REGISTRY.models.clear()
+
+    # -- the unit ---------------------------------------------------------------------------
+    def _cn_script(self, p: Any) -> Any:
+        script = self._ec.find_cn_script(getattr(p, "scripts", None))
+        if script is None:
+            msg = (
+                f"ControlNet {self.version_text} is installed but not active for this generation "
+                "(was it disabled in the Extensions tab?), so IdentityNet cannot run; enable it and restart."
+            )
+            raise DependencyError(msg)
+        return script
+
+    def _is_free(self, arg: Any) -> bool:
+        """A slot we may take: empty, or a unit that ControlNet itself treats as disabled."""
+        if arg is None:
+            return True
+        if not isinstance(arg, self._ec.ControlNetUnit | dict) and not hasattr(arg, "__dict__"):
+            return False  # not a unit: someone else's business
+        try:
+            unit = self._ec.to_processing_unit(arg)
+        except (*_INTERNAL_ERRORS, RuntimeError):
+            return False  # unreadable for ControlNet as well; never overwrite it
+        return not bool(getattr(unit, "enabled", True))
+
+    def _make_unit(self, hint: np.ndarray, weight: float, start: float, end: float, key: str) -> Any:
+        """Our unit, built with ControlNet's own class and enums (works for 1.1.444-1.1.455).
+
+        Module "none" (ControlNet's identity preprocessor, present in every version) with our
+        finished hint, rather than our registered preprocessor: nothing needs guessing whether
+        an image is already a keypoint drawing, unit validation (1.1.448+) does not depend on
+        our registration having happened, and ControlNet's preprocessor cache is not involved.
+        "Just Resize" is an exact no-op because the hint is drawn at the output size.
+        """
+        cls = self._ec.ControlNetUnit
+        values: dict[str, Any] = {
+            "enabled": True,
+            "module": "none",
+            "model": key,
+            "weight": float(weight),
+            "image": hint,
+            "resize_mode": self._ec.ResizeMode.RESIZE,
+            "low_vram": False,
+            "processor_res": -1,
+            "threshold_a": -1,
+            "threshold_b": -1,
+            "guidance_start": float(start),
+            "guidance_end": float(end),
+            "pixel_perfect": False,
+            "control_mode": self._ec.ControlMode.BALANCED,
+            "save_detected_map": False,  # no keypoint image appended to the outputs
+            "inpaint_crop_input_image": False,  # "Only masked" must not crop our finished hint
+        }
+        fields = _unit_fields(cls)
+        missing = _REQUIRED_UNIT_FIELDS - fields
+        if missing:
+            msg = f"ControlNetUnit has no field(s) {sorted(missing)}"
+            raise AttributeError(msg)
+        return cls(**{name: value for name, value in values.items() if name in fields})
+
+    def inject_unit(
+        self,
+        p: Any,
+        hint: np.ndarray,
+        weight: float,
+        guidance_start: float,
+        guidance_end: float,
+        model_key: str,
+    ) -> InjectedUnit:
+        """Put our enabled unit into the last disabled ControlNet slot of ``p.script_args``.
+
+        Call it from ``before_process`` (ControlNet reads the units in its ``process``).
+        The argument tuple keeps its length, so no script's argument positions move; the
+        user's units are not touched. ``hint`` is the keypoint image, RGB uint8, drawn at
+        exactly the size ControlNet targets (:func:`hint_size`).
+        """
+        _check_hint(hint)
+        _check_schedule(weight, guidance_start, guidance_end)
+        self._release(p)  # a second injection for the same job replaces the first
+        with self._internals("add InstantID's unit"):
+            script = self._cn_script(p)
+            self._ensure_model(model_key)
+            args = p.script_args
+            first, stop = int(script.args_from), int(script.args_to)
+            if args is None or len(args) < stop:
+                msg = "ControlNet's arguments are missing from this job"
+                raise IndexError(msg)
+            free = [i for i in range(first, stop) if self._is_free(args[i])]
+            if not free:
+                count = stop - first
+                msg = (
+                    f"All {count} ControlNet units are in use, so InstantID has none left for IdentityNet: "
+                    f"raise {_UNIT_COUNT_SETTING} (then reload the UI) or turn one unit off."
+                )
+                raise InvalidInputError(msg)
+            slot = free[-1]
+            unit = self._make_unit(hint, weight, guidance_start, guidance_end, model_key)
+            new = list(args)
+            new[slot] = unit
+            p.script_args = tuple(new) if isinstance(args, tuple) else new
+        handle = InjectedUnit(
+            slot=slot,
+            unit_index=slot - first,
+            unit=unit,
+            original=args[slot],
+            hint=hint,
+            model_key=model_key,
+            weight=float(weight),
+            guidance_start=float(guidance_start),
+            guidance_end=float(guidance_end),
+        )
+        _REGISTRY.jobs.append((_ref(p), handle))
+        w, h = hint.shape[1], hint.shape[0]
+        logger.info("IdentityNet runs as ControlNet unit %d (%d×%d hint)", handle.unit_index, w, h)
+        if (w, h) != hint_size(p):
+            logger.warning(
+                "The IdentityNet hint is %d×%d but ControlNet works at %d×%d; it will be stretched.",
+                w,
+                h,
+                *hint_size(p),
+            )
+        return handle
+
+    def _release(self, p: Any) -> None:
+        """Undo an earlier injection into this same ``p``."""
+        for entry in list(_REGISTRY.jobs):
+            ref, handle = entry
+            if ref() is p:
+                handle.undo_params()
+                handle.restore(p)
+                _REGISTRY.jobs.remove(entry)
+
+    # -- per batch ------------------------------------------------------------------------
+    def apply_face_context(self, p: Any, unit: InjectedUnit, cond_tokens: Any, uncond_tokens: Any) -> None:
+        """Make ControlNet feed IdentityNet the face tokens instead of the prompt.
+
+        Call it from ``process_batch``, i.e. after ControlNet's ``process`` (or, with a
+        refiner, its ``before_process_batch``) built this batch's parameters. ``cond_tokens``
+        and ``uncond_tokens`` are ``(1, 16, 2048)``: the Resampler of the face embedding and
+        of zeros; keep them on the UNet's device. ControlNet then computes, per UNet call,
+        ``cond * mark + uncond * (1 - mark)`` with its per-row cond/uncond mark, so cond rows
+        see the face and uncond rows the zero-face tokens. Only our unit is changed.
+        """
+        _check_tokens(cond_tokens, uncond_tokens)
+        with self._internals("give IdentityNet its face tokens"):
+            script = self._cn_script(p)
+            network = script.latest_network
+            if network is None:
+                msg = (
+                    "ControlNet did not set up its units for this generation (its own error is in the "
+                    "console above), so IdentityNet cannot run."
+                )
+                raise DependencyError(msg)
+            units = list(script.enabled_units)
+            params = list(network.control_params)
+            if len(units) != len(params):
+                msg = f"{len(units)} enabled units but {len(params)} unit parameters"
+                raise IndexError(msg)
+            index = _find_unit(units, unit)
+            param = params[index]
+            types = self._hook.ControlModelType
+            if param.control_model_type not in (types.ControlNet, types.InstantID):
+                msg = (
+                    f"ControlNet loaded the IdentityNet file '{unit.model_key}' as "
+                    f"{param.control_model_type.name}, not as a ControlNet; check that it is InstantID's "
+                    "IdentityNet (ControlNetModel) file."
+                )
+                raise InvalidInputError(msg)
+            if not any(saved_param is param for saved_param, _ in unit._param_undo):
+                names = ("control_model_type", "control_context_override", "weight")
+                names += ("start_guidance_percent", "stop_guidance_percent")
+                unit._param_undo.append((param, {name: getattr(param, name) for name in names}))
+            param.control_model_type = types.InstantID
+            param.control_context_override = self._hook.ImageEmbed(cond_tokens, uncond_tokens)
+            # xyz grid's "[ControlNet] …" axes rewrite every unit's weight and guidance.
+            param.weight = unit.weight
+            param.start_guidance_percent = unit.guidance_start
+            param.stop_guidance_percent = unit.guidance_end
+            _drop_infotext(p, unit, index)
+
+    def mark_hires_conds(self, p: Any) -> None:
+        """Mark the hires-fix prompts as cond/uncond for ControlNet; call it from ``before_hr``.
+
+        ControlNet marks prompts only when sampling starts, but the WebUI computes the
+        hires prompts later, inside sampling. Unmarked, ControlNet treats every row as a
+        cond row, so uncond rows would get the face tokens. Marking is idempotent and in
+        place; the class-level hires prompt cache is emptied so that a later job without
+        ControlNet never gets our marked prompts, as ControlNet does for the first pass.
+        """
+        with self._internals("mark the hires-fix prompts"):
+            if self._cn_script(p).latest_network is None:
+                # ControlNet's UNet hook, which strips the marker token, is not in place:
+                # a marked prompt would reach the UNet as is.
+                logger.warning("ControlNet is not active in this generation; hires prompts left as they are")
+                return
+            mark = self._hook.mark_prompt_context
+            for name, positive in (("hr_c", True), ("hr_uc", False)):
+                conds = getattr(p, name, None)
+                if conds is not None:
+                    setattr(p, name, mark(conds, positive))
+            for cls in type(p).__mro__:
+                for name in ("cached_hr_c", "cached_hr_uc"):
+                    if name in vars(cls):
+                        setattr(cls, name, [None, None])
+
+    # -- undo -------------------------------------------------------------------------------
+    def cleanup(self, p: Any | None) -> None:
+        """Undo everything done for the job (idempotent; ``p`` may be None or already gone).
+
+        Called from ``postprocess``, from the next job's start (``postprocess`` is skipped
+        when a job fails) and when the script unloads.
+        """
+        for ref, handle in list(_REGISTRY.jobs):
+            handle.undo_params()
+            handle.restore(ref())
+            if p is not None and ref() is not p:
+                handle.restore(p)
+        _REGISTRY.jobs.clear()
+        self.forget_models()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def hint_size(p: Any) -> tuple[int, int]:
+    """``(width, height)`` ControlNet resizes hints to: the job size floored to a multiple of 8."""
+    return int(p.width) // 8 * 8, int(p.height) // 8 * 8
+
+
+def _unit_fields(cls: type) -> set[str]:
+    fields = getattr(cls, "model_fields", None) or getattr(cls, "__fields__", None)  # pydantic (1.1.448+)
+    if isinstance(fields, dict):
+        return set(fields)
+    if dataclasses.is_dataclass(cls):  # 1.1.444-1.1.447
+        return {f.name for f in dataclasses.fields(cls)}
+    return set(inspect.signature(cls).parameters)
+
+
+def _find_unit(units: list[Any], handle: InjectedUnit) -> int:
+    """Our unit among ControlNet's enabled units.
+
+    1.1.448+ keeps our object; 1.1.444-1.1.447 hands out shallow copies (same image
+    object); the model key is the last resort.
+    """
+    for index, unit in enumerate(units):
+        if unit is handle.unit:
+            return index
+    for match in (
+        lambda u: getattr(u, "image", None) is handle.hint,
+        lambda u: getattr(u, "model", None) == handle.model_key and getattr(u, "module", None) == "none",
+    ):
+        hits = [index for index, unit in enumerate(units) if match(unit)]
+        if len(hits) == 1:
+            return hits[0]
+    msg = (
+        "ControlNet is not running InstantID's unit in this generation (ControlNet batch mode from "
+        "the img2img Batch tab is not supported with IdentityNet), so IdentityNet cannot run."
+    )
+    raise DependencyError(msg)
+
+
+def _drop_infotext(p: Any, handle: InjectedUnit, index: int) -> None:
+    """Remove ControlNet's "ControlNet <index>" entry for our unit and renumber the later ones.
+
+    ControlNet numbers entries by position among enabled units and may write them again
+    each batch (with a refiner), so the edit is redone only when the entries changed.
+    """
+    params = getattr(p, "extra_generation_params", None)
+    if not isinstance(params, dict):
+        return
+    current = {k: v for k, v in params.items() if _INFOTEXT_KEY.fullmatch(str(k))}
+    if handle._infotext_after is not None and current == handle._infotext_after:
+        return
+    if f"ControlNet {index}" in params:
+        rebuilt: dict[Any, Any] = {}
+        for key, value in params.items():
+            match = _INFOTEXT_KEY.fullmatch(str(key))
+            n = int(match[1]) if match else -1
+            if n == index:
+                continue
+            rebuilt[f"ControlNet {n - 1}" if n > index else key] = value
+        params.clear()
+        params.update(rebuilt)
+    handle._infotext_after = {k: v for k, v in params.items() if _INFOTEXT_KEY.fullmatch(str(k))}
+
+
+def _check_hint(hint: Any) -> None:
+    if not isinstance(hint, np.ndarray) or hint.dtype != np.uint8 or hint.ndim != 3 or hint.shape[2] != 3:
+        got = f"{hint.dtype} {hint.shape}" if isinstance(hint, np.ndarray) else type(hint).__name__
+        msg = f"The IdentityNet hint must be an RGB uint8 array of shape (H, W, 3), got {got}."
+        raise InvalidInputError(msg)
+
+
+def _check_schedule(weight: float, start: float, end: float) -> None:
+    if not 0.0 <= float(weight) <= 2.0:
+        msg = f"The IdentityNet weight must be between 0 and 2, got {weight}."
+        raise InvalidInputError(msg)
+    if not 0.0 <= float(start) <= float(end) <= 1.0:
+        msg = f"IdentityNet start and end must satisfy 0 ≤ start ≤ end ≤ 1, got {start} and {end}."
+        raise InvalidInputError(msg)
+
+
+def _check_tokens(cond: Any, uncond: Any) -> None:
+    shapes = [tuple(getattr(t, "shape", ())) for t in (cond, uncond)]
+    if any(len(s) != 3 or s[0] != 1 for s in shapes) or shapes[0] != shapes[1]:
+        msg = f"The face tokens must be two (1, N, C) tensors of one shape, got {shapes[0]} and {shapes[1]}."
+        raise InvalidInputError(msg)
+
+
+def _weights_file(path: Path) -> Path:
+    """The file ControlNet should load: ``path`` itself, or a diffusers folder's weights."""
+    if path.is_dir():
+        found = next((path / name for name in DIFFUSERS_WEIGHTS if (path / name).is_file()), None)
+        if found is None:
+            msg = f"The IdentityNet folder '{path}' has no '{DIFFUSERS_WEIGHTS[0]}'; put the file there."
+            raise ModelFileError(msg)
+        return found
+    if not path.is_file():
+        msg = f"The IdentityNet file '{path}' does not exist."
+        raise ModelFileError(msg)
+    if path.suffix.lower() != ".safetensors":
+        msg = f"The IdentityNet file '{path.name}' must be a .safetensors file for ControlNet to load it."
+        raise ModelFileError(msg)
+    return path
+
+
+def _neutral_link(source: Path, cache_dir: Path, digest: str) -> str:
+    """A hard link (else symlink) to ``source`` whose path lacks "instant_id"; its path."""
+    folder = cache_dir.absolute()
+    if CN_INSTANTID_PATH_MARK in str(folder).lower():
+        msg = (
+            f"The link folder '{folder}' contains '{CN_INSTANTID_PATH_MARK}', which makes ControlNet "
+            "misread IdentityNet; choose another folder."
+        )
+        raise ModelFileError(msg)
+    link = folder / f"{LINK_PREFIX}{digest}.safetensors"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _prune_links(folder, keep=link)
+        if link.exists() and link.stat().st_size == source.stat().st_size:
+            return str(link)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        try:
+            os.link(source, link)
+            kind = "hard link"
+        except OSError:
+            link.symlink_to(source.resolve())
+            kind = "symlink"
+    except OSError as err:
+        msg = (
+            f"ControlNet misreads IdentityNet files whose path contains '{CN_INSTANTID_PATH_MARK}' "
+            f"('{source}'), and InstantID could not link it under a neutral name in '{folder}' ({err}). "
+            f"Rename the file or its folder so the path has no '{CN_INSTANTID_PATH_MARK}', or put "
+            "the link folder on the same drive as the model."
+        )
+        raise ModelFileError(msg) from err
+    logger.info("Gave ControlNet a %s to %s: %s", kind, source, link)
+    return str(link)
+
+
+def _prune_links(folder: Path, keep: Path) -> None:
+    """Delete our stale links: broken symlinks, and hard links whose original is gone.
+
+    A hard link left alone would keep a deleted multi-gigabyte model on disk.
+    """
+    for entry in folder.glob(f"{LINK_PREFIX}*.safetensors"):
+        if entry == keep:
+            continue
+        try:
+            orphan = not entry.exists() if entry.is_symlink() else entry.stat().st_nlink <= 1
+            if orphan:
+                entry.unlink()
+        except OSError as err:  # in use or read-only: it only costs disk space
+            logger.debug("Could not remove the stale link %s: %s", entry, err)

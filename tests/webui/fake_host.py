@@ -1,0 +1,273 @@
+"""A small, faithful stand-in for the parts of the AUTOMATIC1111 WebUI our script touches.
+
+Same module names (``modules.scripts``, ``modules.shared``, ``modules.paths``,
+``modules.script_callbacks``, ``modules.processing``), same class and attribute names, and the
+same order of events as ``process_images`` in 1.6–1.10: every script's ``before_process``,
+then the unwrapped ``p.setup_prompts()``, ``process``, per batch ``process_batch`` and
+``p.sample`` (whose CFG denoiser fires ``on_cfg_denoiser`` and calls the UNet in any of the
+WebUI's batching modes), and finally ``postprocess``. Exceptions raised inside script hooks
+are caught and reported, as the WebUI does.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HOOK_ERRORS: list[BaseException] = []
+
+
+# -- modules.scripts -----------------------------------------------------------------------
+class Script:
+    filename = None
+    args_from = None
+    args_to = None
+    alwayson = False
+    is_img2img = False
+    infotext_fields = None
+    paste_field_names = None
+
+    def title(self):
+        raise NotImplementedError
+
+    def show(self, is_img2img):
+        return True
+
+    def ui(self, is_img2img):
+        return []
+
+
+AlwaysVisible = object()
+
+
+class ScriptRunner:
+    """Calls each always-on script's hooks with its slice of ``p.script_args``, catching errors."""
+
+    def __init__(self, scripts: list[Script]) -> None:
+        self.alwayson_scripts = scripts
+        self.scripts = scripts
+
+    def _each(self, hook: str, p: Any, *extra: Any, **kwargs: Any) -> None:
+        for script in self.alwayson_scripts:
+            method = getattr(script, hook, None)
+            if method is None:
+                continue
+            try:
+                method(p, *extra, *p.script_args[script.args_from : script.args_to], **kwargs)
+            except Exception as err:  # the WebUI's errors.report(): logged, never raised
+                HOOK_ERRORS.append(err)
+
+    def before_process(self, p):
+        self._each("before_process", p)
+
+    def process(self, p):
+        self._each("process", p)
+
+    def process_batch(self, p, **kwargs):
+        self._each("process_batch", p, **kwargs)
+
+    def before_hr(self, p):
+        self._each("before_hr", p)
+
+    def postprocess(self, p, processed):
+        self._each("postprocess", p, processed)
+
+
+# -- modules.shared ------------------------------------------------------------------------
+class Options(types.SimpleNamespace):
+    def add_option(self, key, info):
+        setattr(self, key, info.default)
+
+
+@dataclass
+class OptionInfo:
+    default: Any = None
+    label: str = ""
+    component: Any = None
+    component_args: Any = None
+    section: Any = None
+
+
+# -- modules.script_callbacks --------------------------------------------------------------
+CALLBACKS: dict[str, list[Callable]] = {}
+
+
+def _register(name: str) -> Callable:
+    def register(fn: Callable) -> None:
+        CALLBACKS.setdefault(name, []).append(fn)
+
+    return register
+
+
+@dataclass
+class CFGDenoiserParams:
+    x: torch.Tensor
+    image_cond: Any
+    sigma: torch.Tensor
+    sampling_step: int
+    total_sampling_steps: int
+    text_cond: Any
+    text_uncond: Any
+    denoiser: Any = None
+
+
+# -- a fake SDXL model and processing object ------------------------------------------------
+def fake_sd_model(unet: torch.nn.Module, *, is_sdxl: bool = True, **flags: Any) -> Any:
+    return types.SimpleNamespace(
+        is_sdxl=is_sdxl,
+        is_sd2=False,
+        is_ssd=False,
+        is_sd3=False,
+        model=types.SimpleNamespace(diffusion_model=unet),
+        sd_checkpoint_info=types.SimpleNamespace(name_for_extra="fake_sdxl"),
+        **flags,
+    )
+
+
+@dataclass
+class Processing:
+    """``StableDiffusionProcessingTxt2Img`` reduced to what the hooks and sampler use."""
+
+    sd_model: Any
+    script_args: tuple
+    scripts: ScriptRunner
+    width: int = 64
+    height: int = 64
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 2
+    cfg_scale: float = 4.0
+    seed: int = 1
+    cfg_mode: str = "together"  # together | chunked | separate | skip_uncond
+    enable_hr: bool = False
+    extra_generation_params: dict = field(default_factory=dict)
+    setup_prompts_called: bool = False
+
+    def setup_prompts(self) -> None:
+        self.setup_prompts_called = True
+
+    def _conds(self, rows: int, seed: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "crossattn": torch.randn(rows, 77, 2048, generator=g),
+            "vector": torch.randn(rows, 2816, generator=g),
+        }
+
+    def _denoise(self, x: torch.Tensor, step: int, steps: int, c: dict, uc: dict) -> torch.Tensor:
+        unet = self.sd_model.model.diffusion_model
+        n = x.shape[0]
+        x_in = torch.cat([x, x])
+        params = CFGDenoiserParams(x_in, None, torch.full((2 * n,), 1.0), step, steps, c, uc)
+        for fn in CALLBACKS.get("cfg_denoiser", []):
+            fn(params)
+        cond_in = {k: torch.cat([c[k], uc[k]]) for k in c}
+        t = torch.full((2 * n,), 999.0 - step * 100)
+
+        def call(rows: slice) -> torch.Tensor:
+            return unet(
+                x_in[rows], timesteps=t[rows], context=cond_in["crossattn"][rows], y=cond_in["vector"][rows]
+            )
+
+        if self.cfg_mode == "together":
+            out = call(slice(0, 2 * n))
+        elif self.cfg_mode == "skip_uncond":
+            cond = call(slice(0, n))
+            out = torch.cat([cond, cond])
+        else:  # chunked by batch size, and cond/uncond separately, are the same slices here
+            out = torch.cat([call(slice(0, n)), call(slice(n, 2 * n))])
+        cond, uncond = out[:n], out[n:]
+        return x - 0.1 * (uncond + self.cfg_scale * (cond - uncond))
+
+    def _sample_pass(self, x: torch.Tensor) -> torch.Tensor:
+        c, uc = self._conds(x.shape[0], 11), self._conds(x.shape[0], 12)
+        with torch.no_grad():
+            for step in range(self.steps):
+                x = self._denoise(x, step, self.steps, c, uc)
+        return x
+
+    def sample(
+        self, conditioning=None, unconditional_conditioning=None, seeds=None, **kwargs
+    ) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        x = torch.randn(self.batch_size, 4, self.height // 8, self.width // 8, generator=g)
+        x = self._sample_pass(x)
+        if self.enable_hr:
+            self.scripts.before_hr(self)
+            x = self._sample_pass(torch.nn.functional.interpolate(x, scale_factor=2))
+        return x
+
+
+@dataclass
+class Processed:
+    images: torch.Tensor
+    extra_generation_params: dict
+
+
+def process_images(p: Processing) -> Processed:
+    p.scripts.before_process(p)
+    p.setup_prompts()
+    p.scripts.process(p)
+    samples = None
+    for n in range(p.n_iter):
+        p.scripts.process_batch(p, batch_number=n, prompts=[""], seeds=[p.seed], subseeds=[0])
+        samples = p.sample(conditioning=None, unconditional_conditioning=None, seeds=[p.seed])
+    processed = Processed(samples, dict(p.extra_generation_params))
+    p.scripts.postprocess(p, processed)
+    return processed
+
+
+# -- installing the stand-in -----------------------------------------------------------------
+def install(models_path: Path) -> dict[str, types.ModuleType]:
+    """Put the stand-in modules into ``sys.modules``; returns them (call :func:`uninstall` after)."""
+    HOOK_ERRORS.clear()
+    CALLBACKS.clear()
+    modules = types.ModuleType("modules")
+    modules.__path__ = []
+    scripts = types.ModuleType("modules.scripts")
+    scripts.Script, scripts.AlwaysVisible, scripts.ScriptRunner = Script, AlwaysVisible, ScriptRunner
+    shared = types.ModuleType("modules.shared")
+    shared.opts = Options()
+    shared.cmd_opts = types.SimpleNamespace()
+    shared.OptionInfo = OptionInfo
+    shared.sd_model = None
+    paths = types.ModuleType("modules.paths")
+    paths.models_path = str(models_path)
+    callbacks = types.ModuleType("modules.script_callbacks")
+    for name in (
+        "cfg_denoiser",
+        "script_unloaded",
+        "app_started",
+        "ui_settings",
+        "before_ui",
+        "model_loaded",
+    ):
+        setattr(callbacks, f"on_{name}", _register(name))
+    callbacks.CFGDenoiserParams = CFGDenoiserParams
+    processing = types.ModuleType("modules.processing")
+    processing.process_images = process_images
+    processing.StableDiffusionProcessingTxt2Img = Processing
+    installed = {
+        "modules": modules,
+        "modules.scripts": scripts,
+        "modules.shared": shared,
+        "modules.paths": paths,
+        "modules.script_callbacks": callbacks,
+        "modules.processing": processing,
+    }
+    for name, module in installed.items():
+        sys.modules[name] = module
+        if name != "modules":
+            setattr(modules, name.split(".", 1)[1], module)
+    return installed
+
+
+def uninstall() -> None:
+    for name in list(sys.modules):
+        if name == "modules" or name.startswith(("modules.", "instantid_ext.webui")):
+            del sys.modules[name]
