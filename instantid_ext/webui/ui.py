@@ -1,0 +1,583 @@
+"""The InstantID panel in txt2img and img2img (gradio 3.41, as shipped with A1111 1.6–1.10).
+
+:func:`build_ui` is called by ``Script.ui`` once per tab, and again twice per tab by the
+WebUI's API inside a throwaway ``gr.Blocks``; it therefore only creates components and wires
+their events. Everything it needs from the host comes in a :class:`UiEnv`, so this module
+imports neither the script nor the model store, and the tests can build it with gradio alone.
+
+The returned components are the script's arguments: one per field of
+:class:`~instantid_ext.args.InstantIDArgs`, in :data:`~instantid_ext.args.ARG_FIELDS` order,
+each holding a value that :meth:`InstantIDArgs.parse` reads positionally.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ..args import ARG_FIELDS, INFOTEXT_PREFIX, InstantIDArgs, infotext_labels
+from ..errors import InstantIDError
+from ..images import decode_image
+from ..models import AUTO
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NO_IDENTITY",
+    "InfotextReader",
+    "UiEnv",
+    "UiResult",
+    "build_ui",
+    "elem_id",
+]
+
+#: The identity dropdown's "use the photos" entry (A1111 dropdowns spell "nothing" this way).
+NO_IDENTITY = "None"
+#: Output size the preview assumes when it cannot read the tab's width/height sliders.
+DEFAULT_PREVIEW_SIZE = 1024
+#: Longest side of the reference thumbnails shown beside the upload.
+THUMBNAIL_SIZE = 256
+
+HINT = (
+    "Drop a face photo (several of one person are averaged), tick **InstantID** and generate. "
+    "CFG 3–5 works best (higher burns the image); SDXL checkpoints only."
+)
+
+FACE_CHOICES = [
+    ("Largest face", "largest"),
+    ("Face number…", "index"),
+    ("Clearest detection", "highest_score"),
+]
+POSE_CHOICES = [
+    ("Reference face", "reference"),
+    ("Pose image", "pose_image"),
+    ("None (free pose)", "none"),
+]
+RESIZE_CHOICES = ["Crop and Resize", "Resize and Fill", "Just Resize"]
+
+# The preview wants the keypoint hint at the size the user will generate at. A script's ui()
+# cannot reach the tab's width/height sliders, so this runs in the browser before the handler
+# and swaps the two hidden size inputs (the last two inputs) for the sliders' values.
+_SIZE_FROM_TAB_JS = """
+(...args) => {
+    const root = typeof gradioApp === "function" ? gradioApp() : document;
+    const read = (id, fallback) => {
+        const input = root.querySelector("#" + id + " input[type=number]");
+        const value = input ? Number(input.value) : NaN;
+        return Number.isFinite(value) && value >= 64 ? Math.round(value) : fallback;
+    };
+    const values = args.slice(0, __COUNT__);
+    values[__COUNT__ - 2] = read("__TAB___width", values[__COUNT__ - 2]);
+    values[__COUNT__ - 1] = read("__TAB___height", values[__COUNT__ - 1]);
+    return values;
+}
+"""
+
+
+@dataclass
+class UiEnv:
+    """What the panel asks of the host; the WebUI glue fills it, tests pass fakes.
+
+    ``*_names`` and ``controlnet_status`` are called while the panel is built; the others
+    only when the user clicks a button.
+    """
+
+    #: Adapter files found by the model scan (without "Auto").
+    adapter_names: Callable[[], list[str]]
+    #: IdentityNet models found by the model scan (without "Auto").
+    identitynet_names: Callable[[], list[str]]
+    #: Saved identities (without "None").
+    identity_names: Callable[[], list[str]]
+    #: Rescan the model folders.
+    refresh: Callable[[], None]
+    #: Whether IdentityNet can run through ControlNet, and a sentence saying so.
+    controlnet_status: Callable[[], tuple[bool, str]]
+    #: (images, pose_image, pose_source, face_choice, face_index, resize_mode, width, height)
+    #: → (reference with face boxes and indices, keypoint hint at width×height, message).
+    preview: Callable[..., tuple[np.ndarray | None, np.ndarray | None, str]]
+    #: (name, images, face_choice, face_index, overwrite) → status message.
+    save_identity: Callable[..., str]
+
+
+@dataclass
+class UiResult:
+    """What ``Script.ui`` hands on to the WebUI."""
+
+    #: One input per :data:`ARG_FIELDS` entry, in that order: the script's arguments.
+    components: list[Any]
+    #: ``Script.infotext_fields``: (component, reader) pairs; see :class:`InfotextReader`.
+    infotext_fields: list[tuple[Any, InfotextReader]] = field(default_factory=list)
+    #: ``Script.paste_field_names``: the readers whose components "Send to img2img" copies.
+    paste_field_names: list[InfotextReader] = field(default_factory=list)
+
+
+def elem_id(tab: str, name: str) -> str:
+    """The one place element ids are made: ``instantid_<tab>_<name>``, tab txt2img or img2img."""
+    return f"instantid_{tab}_{name}"
+
+
+# --- values: InstantIDArgs form ↔ what each component shows ----------------------------------
+
+
+def _known_name(name: str, available: Sequence[str]) -> str | None:
+    """``name`` as spelled in ``available`` (case-insensitive), or None."""
+    if name in available:
+        return name
+    lowered = name.lower()
+    return next((item for item in available if item.lower() == lowered), None)
+
+
+def _format_weights(weights: Sequence[float]) -> str:
+    return ", ".join(f"{w:g}" for w in weights)
+
+
+def ui_value(name: str, value: Any, env: UiEnv | None = None) -> Any:
+    """The component value that stands for ``value`` of field ``name``.
+
+    With ``env``, a saved identity or model file that is not available here becomes the
+    default ("None" / "Auto"), so a pasted infotext from another install still runs.
+    """
+    if name == "image_weights":
+        return _format_weights(value or [])
+    if name == "identity":
+        if not value:
+            return NO_IDENTITY
+        if env is not None:
+            return _known_name(value, env.identity_names()) or NO_IDENTITY
+        return value
+    if name in ("ip_adapter_model", "identitynet_model"):
+        if env is not None and value != AUTO:
+            names = env.adapter_names() if name == "ip_adapter_model" else env.identitynet_names()
+            return _known_name(value, names) or AUTO
+        return value
+    return value
+
+
+def default_value(name: str) -> Any:
+    """The component default for a field: the model's default in UI form."""
+    return ui_value(name, InstantIDArgs.__fields__[name].get_default())
+
+
+# --- infotext ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InfotextReader:
+    """An ``infotext_fields`` entry for one field: called with the pasted parameters.
+
+    InstantID writes only non-default values, so when "InstantID" is in the parameters a
+    missing key means the default; without it the panel is switched off and nothing else is
+    touched (``None`` = leave as is). Values are read with :meth:`InstantIDArgs.from_infotext`
+    (ranges such as "ID range: 0.2-0.8" included) and returned as the component shows them.
+
+    Readers compare equal by field, so the txt2img and img2img panels' readers match in the
+    WebUI's "Send to img2img", which copies the components whose reader is listed in
+    ``paste_field_names``.
+    """
+
+    name: str
+    env: UiEnv | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> str | None:
+        """The infotext key, if the field has one (``images`` and ``pose_image`` do not)."""
+        return infotext_labels().get(self.name)
+
+    def __call__(self, params: Mapping[str, Any]) -> Any:
+        if INFOTEXT_PREFIX not in params:
+            return False if self.name == "enabled" else None
+        if self.key is None:
+            return None
+        updates = InstantIDArgs.from_infotext(params)
+        if self.name == "enabled":
+            return bool(updates.get("enabled", True))
+        if self.name in updates:
+            return ui_value(self.name, updates[self.name], self.env)
+        return default_value(self.name)
+
+
+# --- event handlers (module level, so tests call them directly) ------------------------------
+
+
+def reference_thumbnails(files: Sequence[Any] | None) -> dict[str, Any]:
+    """Thumbnails of the uploaded photos, numbered as "Image weights" counts them."""
+    thumbnails = []
+    for number, data in enumerate(files or [], start=1):
+        try:
+            image = decode_image(data)
+        except InstantIDError as err:
+            logger.warning("Reference photo %d cannot be shown: %s", number, err)
+            continue
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        thumbnails.append((image, str(number)))
+    return gr.update(value=thumbnails or None, visible=bool(thumbnails))
+
+
+def show_pose_image(pose_source: str) -> dict[str, Any]:
+    return gr.update(visible=pose_source == "pose_image")
+
+
+def show_face_index(face_choice: str) -> dict[str, Any]:
+    return gr.update(visible=face_choice == "index")
+
+
+def status_text(env: UiEnv) -> str:
+    """The ControlNet line under the hint: ✓ with the version, or ⚠ with how to install it."""
+    ok, message = env.controlnet_status()
+    return f"{'✓' if ok else '⚠'} {message}"
+
+
+def run_preview(
+    env: UiEnv,
+    images: Any,
+    pose_image: Any,
+    pose_source: str,
+    face_choice: str,
+    face_index: float | None,
+    resize_mode: str,
+    width: float | None,
+    height: float | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Show which face is used and the keypoint hint at the output size."""
+    try:
+        return env.preview(
+            images,
+            pose_image,
+            pose_source,
+            face_choice,
+            int(face_index or 0),
+            resize_mode,
+            int(width or DEFAULT_PREVIEW_SIZE),
+            int(height or DEFAULT_PREVIEW_SIZE),
+        )
+    except InstantIDError as err:
+        return None, None, f"⚠ {err}"
+
+
+def save_identity(
+    env: UiEnv,
+    name: str,
+    images: Any,
+    face_choice: str,
+    face_index: float | None,
+    overwrite: bool,
+) -> tuple[str, dict[str, Any]]:
+    """Store the photos' face as a named identity; returns the status and the refreshed list."""
+    if not (name or "").strip():
+        message = "⚠ Type a name for the identity first."
+    else:
+        try:
+            message = env.save_identity(
+                name.strip(), images, face_choice, int(face_index or 0), bool(overwrite)
+            )
+        except InstantIDError as err:
+            message = f"⚠ {err}"
+    return message, gr.update(choices=[NO_IDENTITY, *env.identity_names()])
+
+
+def refresh_identities(env: UiEnv, current: str | None) -> dict[str, Any]:
+    """New identity list; a selection whose file is gone falls back to "None"."""
+    choices = [NO_IDENTITY, *env.identity_names()]
+    return gr.update(choices=choices, value=current if current in choices else NO_IDENTITY)
+
+
+def refresh_models(
+    env: UiEnv, adapter: str | None, identitynet: str | None
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Rescan the model folders; also re-checks ControlNet, which may have been installed since."""
+    env.refresh()
+    adapters = _with_auto(env.adapter_names())
+    identitynets = _with_auto(env.identitynet_names())
+    return (
+        gr.update(choices=adapters, value=adapter if adapter in adapters else AUTO),
+        gr.update(choices=identitynets, value=identitynet if identitynet in identitynets else AUTO),
+        status_text(env),
+    )
+
+
+def _with_auto(names: Sequence[str]) -> list[str]:
+    return [AUTO, *(name for name in names if name != AUTO)]
+
+
+# --- layout -----------------------------------------------------------------------------------
+
+
+def _host_components() -> tuple[Any, Any]:
+    """A1111's InputAccordion (1.6+) and ToolButton, or None where they are missing."""
+    try:
+        from modules import ui_components  # type: ignore[import-not-found]
+    except ImportError:
+        return None, None
+    return getattr(ui_components, "InputAccordion", None), getattr(ui_components, "ToolButton", None)
+
+
+def _tool_button(tool_button: Any, value: str, elem: str, tooltip: str) -> Any:
+    if tool_button is not None:
+        return tool_button(value=value, elem_id=elem, tooltip=tooltip)
+    return gr.Button(value=value, elem_id=elem, elem_classes=["tool"], size="sm", scale=0, min_width=40)
+
+
+def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
+    """Create the panel's components; return them in ARG_FIELDS order with the infotext wiring.
+
+    Side-effect free apart from creating components and their events: it calls only the
+    ``*_names`` and ``controlnet_status`` callables of ``env``.
+    """
+    tab = "img2img" if is_img2img else "txt2img"
+    eid = functools.partial(elem_id, tab)
+    input_accordion, tool_button = _host_components()
+    c: dict[str, Any] = {}
+
+    if input_accordion is not None:
+        accordion = input_accordion(False, label="InstantID", elem_id=eid("accordion"))
+        c["enabled"] = accordion
+    else:  # hosts without InputAccordion: a plain accordion with the toggle inside
+        accordion = gr.Accordion("InstantID", open=False, elem_id=eid("accordion"))
+
+    with accordion:
+        if input_accordion is None:
+            c["enabled"] = gr.Checkbox(
+                value=default_value("enabled"), label="Enable InstantID", elem_id=eid("accordion-checkbox")
+            )
+        gr.Markdown(HINT, elem_id=eid("hint"))
+        controlnet_line = gr.Markdown(status_text(env), elem_id=eid("controlnet_status"))
+
+        with gr.Row():
+            c["images"] = gr.File(
+                label="Reference face photo(s)",
+                file_count="multiple",
+                file_types=["image"],
+                type="binary",
+                elem_id=eid("images"),
+            )
+            thumbnails = gr.Gallery(
+                label="Reference photos",
+                columns=4,
+                object_fit="contain",
+                allow_preview=False,
+                show_download_button=False,
+                show_share_button=False,
+                visible=False,
+                elem_id=eid("thumbnails"),
+            )
+
+        with gr.Row():
+            c["id_weight"] = gr.Slider(
+                minimum=0.0,
+                maximum=2.0,
+                step=0.05,
+                value=default_value("id_weight"),
+                label="ID weight",
+                info="How strongly the face tokens push the likeness.",
+                elem_id=eid("id_weight"),
+            )
+            c["control_weight"] = gr.Slider(
+                minimum=0.0,
+                maximum=2.0,
+                step=0.05,
+                value=default_value("control_weight"),
+                label="IdentityNet strength",
+                info="How strongly the face keypoints and landmarks are held.",
+                elem_id=eid("control_weight"),
+            )
+
+        with gr.Row():
+            c["identity"] = gr.Dropdown(
+                choices=[NO_IDENTITY, *env.identity_names()],
+                value=default_value("identity"),
+                label="Saved identity",
+                info='Used instead of the photos; "None" uses the photos.',
+                elem_id=eid("identity"),
+            )
+            identity_refresh = _tool_button(
+                tool_button, "🔄", eid("identity_refresh"), "Reload the list of saved identities"
+            )
+
+        with gr.Row():
+            c["pose_source"] = gr.Radio(
+                choices=POSE_CHOICES,
+                value=default_value("pose_source"),
+                label="Pose from",
+                info="Where the face position and angle come from.",
+                elem_id=eid("pose_source"),
+            )
+            c["face_choice"] = gr.Radio(
+                choices=FACE_CHOICES,
+                value=default_value("face_choice"),
+                label="Face to use",
+                info="When a photo shows several faces.",
+                elem_id=eid("face_choice"),
+            )
+            c["face_index"] = gr.Number(
+                value=default_value("face_index"),
+                precision=0,
+                minimum=0,
+                maximum=31,
+                label="Face number",
+                info="0 = leftmost face.",
+                visible=False,
+                elem_id=eid("face_index"),
+            )
+        c["pose_image"] = gr.Image(
+            label="Pose image: the output copies this face's position and angle",
+            type="pil",
+            source="upload",
+            visible=False,
+            elem_id=eid("pose_image"),
+        )
+
+        with gr.Accordion("Preview", open=False, elem_id=eid("preview_accordion")):
+            with gr.Row():
+                preview_button = gr.Button("Preview face", elem_id=eid("preview"))
+                # Filled from the tab's width/height sliders when the button is clicked.
+                width = gr.Number(
+                    value=DEFAULT_PREVIEW_SIZE, precision=0, visible=False, elem_id=eid("preview_width")
+                )
+                height = gr.Number(
+                    value=DEFAULT_PREVIEW_SIZE, precision=0, visible=False, elem_id=eid("preview_height")
+                )
+            with gr.Row():
+                annotated = gr.Image(
+                    label="Faces found (number, score)",
+                    type="numpy",
+                    interactive=False,
+                    elem_id=eid("preview_faces"),
+                )
+                keypoints = gr.Image(
+                    label="Keypoint hint at the output size",
+                    type="numpy",
+                    interactive=False,
+                    elem_id=eid("preview_keypoints"),
+                )
+            preview_message = gr.Markdown("", elem_id=eid("preview_message"))
+
+        with gr.Accordion("Advanced", open=False, elem_id=eid("advanced")):
+            c["image_weights"] = gr.Textbox(
+                value=default_value("image_weights"),
+                label="Image weights",
+                placeholder="1, 0.5",
+                info=(
+                    "One number per photo, in upload order (the thumbnails' numbers): "
+                    '"1, 0.5" makes photo 1 count twice as much as photo 2. Empty = equal.'
+                ),
+                elem_id=eid("image_weights"),
+            )
+            with gr.Row():
+                c["id_start"] = _fraction_slider("ID start", "id_start", eid)
+                c["id_end"] = _fraction_slider("ID end", "id_end", eid)
+            with gr.Row():
+                c["control_start"] = _fraction_slider("IdentityNet start", "control_start", eid)
+                c["control_end"] = _fraction_slider("IdentityNet end", "control_end", eid)
+            with gr.Row():
+                c["ip_adapter_model"] = gr.Dropdown(
+                    choices=_with_auto(env.adapter_names()),
+                    value=default_value("ip_adapter_model"),
+                    label="Adapter model",
+                    elem_id=eid("ip_adapter_model"),
+                )
+                c["identitynet_model"] = gr.Dropdown(
+                    choices=_with_auto(env.identitynet_names()),
+                    value=default_value("identitynet_model"),
+                    label="IdentityNet model",
+                    elem_id=eid("identitynet_model"),
+                )
+                models_refresh = _tool_button(
+                    tool_button, "🔄", eid("models_refresh"), "Rescan the model folders"
+                )
+            c["resize_mode"] = gr.Radio(
+                choices=RESIZE_CHOICES,
+                value=default_value("resize_mode"),
+                label="Resize mode",
+                info="How the pose is fitted to the output size when the aspect ratios differ.",
+                elem_id=eid("resize_mode"),
+            )
+            c["face_region_only"] = gr.Checkbox(
+                value=default_value("face_region_only"),
+                label="Face region only",
+                info=(
+                    'Like the reference demo\'s "enhance non-face region": the face tokens and '
+                    "IdentityNet act only inside the face box, so the prompt alone shapes the "
+                    "rest (background, clothes, style)."
+                ),
+                elem_id=eid("face_region_only"),
+            )
+
+        with gr.Accordion("Save as identity", open=False, elem_id=eid("save_accordion")):
+            with gr.Row():
+                identity_name = gr.Textbox(
+                    label="Name",
+                    placeholder="e.g. Alice",
+                    info='Stores the photos\' face so it can be picked from "Saved identity".',
+                    elem_id=eid("identity_name"),
+                )
+                overwrite = gr.Checkbox(value=False, label="Replace if it exists", elem_id=eid("overwrite"))
+                save_button = gr.Button("Save identity", elem_id=eid("save_identity"))
+            save_message = gr.Markdown("", elem_id=eid("save_message"))
+
+    # -- events (components only; nothing runs until the user acts) --
+    c["images"].change(reference_thumbnails, inputs=[c["images"]], outputs=[thumbnails], queue=False)
+    c["pose_source"].change(
+        show_pose_image, inputs=[c["pose_source"]], outputs=[c["pose_image"]], queue=False
+    )
+    c["face_choice"].change(
+        show_face_index, inputs=[c["face_choice"]], outputs=[c["face_index"]], queue=False
+    )
+    identity_refresh.click(
+        functools.partial(refresh_identities, env),
+        inputs=[c["identity"]],
+        outputs=[c["identity"]],
+        queue=False,
+    )
+    models_refresh.click(
+        functools.partial(refresh_models, env),
+        inputs=[c["ip_adapter_model"], c["identitynet_model"]],
+        outputs=[c["ip_adapter_model"], c["identitynet_model"], controlnet_line],
+    )
+    preview_inputs = [
+        c["images"],
+        c["pose_image"],
+        c["pose_source"],
+        c["face_choice"],
+        c["face_index"],
+        c["resize_mode"],
+        width,
+        height,
+    ]
+    preview_button.click(
+        functools.partial(run_preview, env),
+        _js=_SIZE_FROM_TAB_JS.replace("__COUNT__", str(len(preview_inputs))).replace("__TAB__", tab),
+        inputs=preview_inputs,
+        outputs=[annotated, keypoints, preview_message],
+    )
+    save_button.click(
+        functools.partial(save_identity, env),
+        inputs=[identity_name, c["images"], c["face_choice"], c["face_index"], overwrite],
+        outputs=[save_message, c["identity"]],
+    )
+
+    components = [c[name] for name in ARG_FIELDS]
+    infotext_fields = [(c[name], InfotextReader(name, env)) for name in ARG_FIELDS if name != "images"]
+    return UiResult(
+        components=components,
+        infotext_fields=infotext_fields,
+        paste_field_names=[reader for _, reader in infotext_fields],
+    )
+
+
+def _fraction_slider(label: str, name: str, eid: Callable[[str], str]) -> Any:
+    """A 0–1 slider for when, as a fraction of the sampling steps, an effect is on."""
+    return gr.Slider(
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+        value=default_value(name),
+        label=label,
+        info="Fraction of the sampling steps.",
+        elem_id=eid(name),
+    )
