@@ -568,7 +568,7 @@ def test_exif_rotation_is_applied() -> None:
         ("data:text/plain;base64,aGVsbG8=", "not a base64 image"),
         ("aGVsbG8gd29ybGQ=", "not an image Pillow can read"),
         ("!!not base64!!", "neither base64 image data"),
-        ("missing/face.png", "accepted only for uploads"),
+        ("/nonexistent/missing/face.png", "accepted only for uploads"),
         (str(Path(tempfile.gettempdir()) / "instantid-missing-face.png"), "does not exist"),
         ("", "empty string"),
         ({"caption": "x"}, "no image in it"),
