@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import IncompatibleModelError, ModelFileError
-from .models import adapter_problem
+from .models import adapter_problem, read_torch_file
 from .resampler import Resampler
 from .sdxl_layers import NUM_IP_LAYERS, TOKEN_DIM
 
@@ -79,17 +79,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own error types
             msg = f"Could not read {path}: {err}. Download the file again; it may be incomplete."
             raise ModelFileError(msg) from err
-    try:
-        try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        msg = (
-            f"Could not read {path} as a weights-only PyTorch file ({type(err).__name__}: {err}). "
-            "Download ip-adapter.bin again from the InstantID release; it may be incomplete."
-        )
-        raise ModelFileError(msg) from err
+    raw = read_torch_file(path)
     if not isinstance(raw, Mapping):
         msg = f"{path} does not hold a state dict; it is not an IP-Adapter file."
         raise IncompatibleModelError(msg)

