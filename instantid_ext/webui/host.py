@@ -118,6 +118,31 @@ def unet_of(model: Any) -> Any:
         raise IncompatibleModelError(msg) from err
 
 
+def as_http_error(error: InstantIDError) -> InstantIDError:
+    """The same error, also typed as FastAPI's ``HTTPException`` with status 422.
+
+    The WebUI's API answers ``vars(e)["status_code"]`` and prints a full traceback for any
+    exception that is not an ``HTTPException``; a user mistake (no face, wrong model) deserves
+    a 422 and one log line, not a traceback. The class keeps its name and message, so the
+    UI still shows e.g. "NoFaceError: No face was found …".
+    """
+    try:
+        from fastapi import HTTPException
+    except ImportError:  # not in a WebUI process: the plain error with the attributes will do
+        error.status_code = 422  # type: ignore[attr-defined]
+        error.detail = str(error)  # type: ignore[attr-defined]
+        return error
+    if isinstance(error, HTTPException):
+        return error
+    message = str(error)
+    http_type = type(type(error).__name__, (type(error), HTTPException), {"__str__": lambda self: message})
+    wrapped = Exception.__new__(http_type)
+    Exception.__init__(wrapped, message)
+    wrapped.status_code, wrapped.detail, wrapped.headers = 422, message, None
+    wrapped.__cause__ = error
+    return wrapped
+
+
 def abort_job(p: Any, error: InstantIDError) -> None:
     """Stop the job with ``error`` shown to the user (UI) or as HTTP 422 (API).
 
@@ -125,10 +150,8 @@ def abort_job(p: Any, error: InstantIDError) -> None:
     would let the job run without InstantID. ``p.setup_prompts()`` is the first call of
     ``process_images_inner`` that is not wrapped (1.6–1.10) and runs before any other
     script's ``process``: shadowing it on the instance aborts before anything is hooked.
-    The API answers with ``status_code`` from the exception's attributes.
     """
-    error.status_code = 422  # type: ignore[attr-defined]
-    error.detail = str(error)  # type: ignore[attr-defined]
+    error = as_http_error(error)
 
     def raise_error(*args: Any, **kwargs: Any) -> None:
         raise error

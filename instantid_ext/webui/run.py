@@ -44,7 +44,7 @@ class RunState:
     router: RowRouter = field(default_factory=RowRouter)
     mask: torch.Tensor | None = None
     patch: IPAttentionPatch | None = None
-    failure: InstantIDError | None = None
+    failure: Exception | None = None
     """Set when a later hook fails; sampling then stops with this message (hooks cannot abort)."""
 
 
@@ -169,8 +169,7 @@ def start(p: Any, args: InstantIDArgs, resources: Resources) -> RunState:
 
 def fail_sampling(state: RunState, error: InstantIDError) -> None:
     """Make the job fail with ``error`` rather than run with a half-wired IdentityNet."""
-    error.status_code = 422  # type: ignore[attr-defined]
-    state.failure = error
+    state.failure = host.as_http_error(error)
 
 
 def state_of(p: Any) -> RunState | None:

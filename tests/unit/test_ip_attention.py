@@ -330,7 +330,9 @@ def test_region_mask_matches_reference_formula(unet, adapter) -> None:
     ip_k = adapter.to_k_ip[0](cond)
     ip_v = adapter.to_v_ip[0](cond)
     want = _reference_masked_layer(layer.module, captured["x"], captured["context"], ip_k, ip_v, SCALE, mask)
-    assert (got.double() - want).abs().max() <= 1e-5
+    diff = (got.double() - want).abs().max().item()
+    print(f"masked attn2 layer vs float64 reference formula: max abs diff {diff:.3e}")
+    assert diff <= 1e-5
     assert torch.allclose(got, captured["out"])  # same as inside the full UNet pass
     with torch.no_grad():
         plain = layer.module(captured["x"], context=captured["context"])
@@ -347,7 +349,9 @@ def test_bfloat16_within_tolerance(unet, oracle_unet, adapter) -> None:
     with IPAttentionPatch(low, adapter, cond, uncond, scale=SCALE) as patch:
         patch.router.begin_step(n_cond=1, n_total=2)
         got = call(low, {k: v.to(torch.bfloat16) for k, v in inputs.items()}).float()
-    assert (got - want).abs().max() / want.abs().max() <= 3e-2
+    relative = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"bfloat16 UNet with IP hooks vs float32 oracle: max abs diff / max |ref| {relative:.3e}")
+    assert relative <= 3e-2
 
 
 def test_rejects_non_sdxl_unets(adapter) -> None:

@@ -160,6 +160,12 @@ def test_no_face_aborts_with_a_clear_message(host, unet) -> None:
     with pytest.raises(NoFaceError, match="No face was found in the reference image") as info:
         run(host, unet, (enabled(images=[blank]),))
     assert info.value.status_code == 422
+    # The WebUI's API prints no traceback for an HTTPException; the UI shows "NoFaceError: <message>".
+    from fastapi import HTTPException
+
+    assert isinstance(info.value, HTTPException)
+    assert type(info.value).__name__ == "NoFaceError"
+    assert str(info.value).startswith("No face was found")
     assert no_hooks(unet)
 
 
