@@ -183,13 +183,21 @@ def _open_path(path: Path) -> Image.Image:
     return _open_bytes(data, f"File '{path}'")
 
 
-def _decode_base64(text: str) -> bytes:
+def b64decode_lenient(text: str) -> bytes:
+    """Standard or URL-safe base64, tolerating whitespace and missing padding.
+
+    Raises ``ValueError`` (``binascii.Error``) on anything else; callers word the message.
+    """
     payload = re.sub(r"\s+", "", text)
     payload += "=" * (-len(payload) % 4)
+    if "-" in payload or "_" in payload:
+        return base64.urlsafe_b64decode(payload)
+    return base64.b64decode(payload, validate=True)
+
+
+def _decode_base64(text: str) -> bytes:
     try:
-        if "-" in payload or "_" in payload:
-            return base64.urlsafe_b64decode(payload)
-        return base64.b64decode(payload, validate=True)
+        return b64decode_lenient(text)
     except (binascii.Error, ValueError) as err:
         msg = (
             f"{_describe_value(text)} is neither base64 image data, a data:image/...;base64, URL "

@@ -315,22 +315,6 @@ def check_identitynet(path: Path | str) -> Path:
     return path
 
 
-def check_adapter(path: Path | str) -> Path:
-    """Validate a user-given adapter file by its tensor shapes; return its path."""
-    path = Path(path)
-    if not path.is_file():
-        msg = (
-            f"The InstantID adapter '{path}' does not exist. "
-            "Download ip-adapter.bin from the InstantID release."
-        )
-        raise ModelFileError(msg)
-    problem = adapter_problem(tensor_shapes(path))
-    if problem:
-        msg = f"'{path}' cannot be used as InstantID's adapter: {problem}. Download ip-adapter.bin."
-        raise IncompatibleModelError(msg)
-    return path
-
-
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 

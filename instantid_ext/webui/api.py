@@ -23,8 +23,6 @@ model itself.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import logging
 import math
@@ -45,7 +43,7 @@ from ..args import InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError
 from ..face import ChoiceMode, Face, choose_face
 from ..identity import SUFFIX, Identity, check_identity_name
-from ..images import decode_image, encode_image_png_base64
+from ..images import b64decode_lenient, decode_image, encode_image_png_base64
 from ..keypoints import draw_kps
 from ..resources import Resources
 
@@ -264,12 +262,9 @@ def _base64_bytes(value: str, field: str) -> bytes:
             "URL). The API reads neither URLs nor files on the server."
         )
         raise InvalidInputError(msg)
-    payload += "=" * (-len(payload) % 4)
     try:
-        if "-" in payload or "_" in payload:
-            return base64.urlsafe_b64decode(payload)
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as err:
+        return b64decode_lenient(payload)
+    except ValueError as err:
         msg = f"{field} is not valid base64 ({err})."
         raise InvalidInputError(msg) from err
 
