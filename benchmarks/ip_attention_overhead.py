@@ -99,30 +99,40 @@ def main() -> None:
     def step() -> None:
         unet(x, timesteps=t, context=ctx, y=y)
 
-    plain = timed(step, device, args.repeats)
-    with IPAttentionPatch(unet, adapter, cond, uncond, scale=0.8) as patch:
-        patch.router.begin_step(n_cond=b // 2 or 1, n_total=b)
+    def with_ours():
+        patch = IPAttentionPatch(unet, adapter, cond, uncond, scale=0.8)
 
-        def routed_step() -> None:
-            patch.router.begin_step(n_cond=b // 2 or 1, n_total=b)
+        def run() -> None:
+            patch.router.begin_step(n_cond=max(b // 2, 1), n_total=b)
             step()
 
-        ours = timed(routed_step, device, args.repeats)
-    handles = naive_hooks(unet, adapter, cond.to(device), 0.8)
-    try:
-        naive = timed(step, device, args.repeats)
-    finally:
-        for handle in handles:
-            handle.remove()
+        return run, patch.remove
 
+    def with_naive():
+        handles = naive_hooks(unet, adapter, cond.to(device), 0.8)
+        return step, lambda: [h.remove() for h in handles]
+
+    def without():
+        return step, lambda: None
+
+    # Variants are interleaved round by round (in rotating order) so that drift in the
+    # machine's speed affects them alike; each round warms up first (the hooks' one-time
+    # precompute is per generation, not per step, so it is not timed).
+    variants = {"UNet alone": without, "+ InstantID hooks": with_ours, "+ naive per-step hooks": with_naive}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for round_index in range(args.repeats):
+        for name in names[round_index % 3 :] + names[: round_index % 3]:
+            run, teardown = variants[name]()
+            try:
+                times[name] += timed(run, device, 2)
+            finally:
+                teardown()
+    plain = times["UNet alone"]
     base = statistics.median(plain)
     print(f"device={device} dtype={args.dtype} latent={n}x{n} batch={b}")
-    for name, times in (
-        ("UNet alone", plain),
-        ("+ InstantID hooks", ours),
-        ("+ naive per-step hooks", naive),
-    ):
-        med = statistics.median(times)
+    for name, samples in times.items():
+        med = statistics.median(samples)
         print(f"{name:<24} {med:9.2f} ms   (+{med - base:8.2f} ms, {100 * (med - base) / base:5.1f} %)")
 
 
