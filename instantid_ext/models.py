@@ -105,7 +105,7 @@ def read_torch_file(path: Path) -> Any:
     try:
         try:
             return torch.serialization.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+        except (RuntimeError, TypeError):  # legacy (non-zip) file, or torch < 2.1 without mmap
             return torch.serialization.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling fails in many ways; all mean "not a usable file"
         msg = (

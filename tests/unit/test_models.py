@@ -186,3 +186,16 @@ def test_loading_ignores_a_host_wrapper_around_torch_load(
     adapter = load_ip_adapter(save_bin(checkpoint, tmp_path / "ip-adapter.bin"))
     assert len(adapter.to_k_ip) == 70
     assert classify(tmp_path / "ip-adapter.bin") == "ip_adapter"
+
+
+def test_loading_works_on_torch_without_mmap(checkpoint: dict, tmp_path: Path, monkeypatch) -> None:
+    """torch 2.0 (shipped with WebUI 1.6) has no ``mmap`` argument."""
+    real = torch.serialization.load
+
+    def old_torch_load(*args, **kwargs):
+        if "mmap" in kwargs:
+            raise TypeError("load() got an unexpected keyword argument 'mmap'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.serialization, "load", old_torch_load)
+    assert len(load_ip_adapter(save_bin(checkpoint, tmp_path / "ip-adapter.bin")).to_v_ip) == 70
