@@ -26,7 +26,7 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +130,11 @@ class _LayerHook:
     layer: Attn2Layer
     heads: int
     query: torch.Tensor | None = None
-    cache: dict[tuple[torch.device, torch.dtype], _LayerCache] = field(default_factory=dict)
+
+
+PrecomputedKV = dict[tuple[int, torch.device, torch.dtype], _LayerCache]
+"""(layer, device, dtype) → that layer's face keys/values; reusable by patches that share the
+adapter, the tokens, the scale and the UNet's weights (the batches of one job)."""
 
 
 def _out_weight(attn: nn.Module) -> torch.Tensor:
@@ -146,6 +150,8 @@ class IPAttentionPatch:
     optional ``[H, W]`` map in [0, 1] (any resolution with the output's aspect ratio) that
     limits the face tokens to a region, as the reference's "enhance non-face region" does.
     ``start``/``end`` are fractions of sampling during which the face tokens are applied.
+    ``precomputed`` lets consecutive patches of one job share the per-layer face keys/values
+    (the caller owns it and clears it after the job).
     """
 
     def __init__(
@@ -159,6 +165,7 @@ class IPAttentionPatch:
         end: float = 1.0,
         mask: torch.Tensor | None = None,
         router: RowRouter | None = None,
+        precomputed: PrecomputedKV | None = None,
     ) -> None:
         for name, tokens in (("cond_tokens", cond_tokens), ("uncond_tokens", uncond_tokens)):
             if tuple(tokens.shape[-2:]) != (NUM_FACE_TOKENS, TOKEN_DIM) or tokens.ndim not in (2, 3):
@@ -175,6 +182,8 @@ class IPAttentionPatch:
         self.mask = None if mask is None else mask.detach().float()
         self._tokens = torch.stack([uncond_tokens.reshape(-1, TOKEN_DIM), cond_tokens.reshape(-1, TOKEN_DIM)])
         self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self._owns_kv = precomputed is None
+        self._kv: PrecomputedKV = {} if precomputed is None else precomputed
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._lock = threading.Lock()
         layers = sdxl_attn2_layers(unet)
@@ -210,7 +219,8 @@ class IPAttentionPatch:
             handle.remove()
         for hook in self._layers:
             hook.query = None
-            hook.cache.clear()
+        if self._owns_kv:
+            self._kv.clear()
         self._mask_cache.clear()
         _LIVE.discard(self)
         if handles:
@@ -247,10 +257,11 @@ class IPAttentionPatch:
 
     def _apply(self, hook: _LayerHook, query: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         batch, seq, width = output.shape
-        cache = hook.cache.get((output.device, output.dtype))
+        key = (hook.layer.ip_index, output.device, output.dtype)
+        cache = self._kv.get(key)
         if cache is None:
             self._precompute(output.device, output.dtype)
-            cache = hook.cache[(output.device, output.dtype)]
+            cache = self._kv[key]
         keys, values = self._select_rows(cache, batch)
         heads = hook.heads
         # [B, S, heads*d] -> [B, heads, S, d] @ [B, heads, d, 16] -> scores [B, heads, S, 16]
@@ -291,7 +302,7 @@ class IPAttentionPatch:
                 w_heads = w_out.view(width, heads, d).permute(1, 2, 0)  # [heads, d, C]
                 vals = vals.view(2, NUM_FACE_TOKENS, heads, d).transpose(1, 2)  # [2, heads, 16, d]
                 folded = torch.matmul(vals, w_heads) * self.scale  # [2, heads, 16, C]
-                hook.cache[(device, dtype)] = _LayerCache(
+                self._kv[(hook.layer.ip_index, device, dtype)] = _LayerCache(
                     keys=keys.to(dtype).contiguous(),
                     values=folded.reshape(2, heads * NUM_FACE_TOKENS, width).to(dtype).contiguous(),
                 )

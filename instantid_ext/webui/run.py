@@ -18,7 +18,7 @@ import torch
 from ..args import InstantIDArgs
 from ..errors import InstantIDError
 from ..ip_adapter import IPAdapter
-from ..ip_attention import IPAttentionPatch, RowRouter, remove_all_patches
+from ..ip_attention import IPAttentionPatch, PrecomputedKV, RowRouter, remove_all_patches
 from ..models import ModelFile, short_hash
 from ..pipeline import FaceConditioning, FaceTokens, build_face_conditioning
 from ..resources import Resources
@@ -44,6 +44,8 @@ class RunState:
     router: RowRouter = field(default_factory=RowRouter)
     mask: torch.Tensor | None = None
     patch: IPAttentionPatch | None = None
+    precomputed: PrecomputedKV = field(default_factory=dict)
+    """Face keys/values per layer, computed in the first batch and reused by the next ones."""
     failure: Exception | None = None
     """Set when a later hook fails; sampling then stops with this message (hooks cannot abort)."""
 
@@ -141,6 +143,7 @@ def wrap_sampling(p: Any, state: RunState) -> None:
             end=a.id_end,
             mask=state.mask,
             router=state.router,
+            precomputed=state.precomputed,
         ) as patch:
             state.patch = patch
             _ACTIVE = state
@@ -186,6 +189,7 @@ def finish(p: Any) -> None:
     if state.patch is not None:
         state.patch.remove()
         state.patch = None
+    state.precomputed.clear()
     if state.bridge is not None:
         try:
             if state.unit is not None:

@@ -328,3 +328,21 @@ def test_controlnet_missing_is_a_clear_error(host, unet, with_identitynet: Path,
     with pytest.raises(InstantIDError, match="sd-webui-controlnet"):
         run(host, unet, (enabled(control_weight=0.8),))
     assert no_hooks(unet)
+
+
+def test_face_keys_are_computed_once_per_job(host, unet, monkeypatch) -> None:
+    from instantid_ext.ip_attention import IPAttentionPatch
+
+    calls = []
+    real = IPAttentionPatch._precompute
+
+    def counting(self, device, dtype):
+        calls.append((device, dtype))
+        return real(self, device, dtype)
+
+    monkeypatch.setattr(IPAttentionPatch, "_precompute", counting)
+    job = new_job(host, unet, (enabled(),), n_iter=3)
+    fake_host.process_images(job)
+    assert fake_host.HOOK_ERRORS == []
+    assert len(calls) == 1
+    assert host.run.state_of(job).precomputed == {}  # released after the job
