@@ -222,6 +222,8 @@ class InjectedUnit:
     guidance_end: float
     restored: bool = False
     _param_undo: list[tuple[Any, dict[str, Any]]] = field(default_factory=list, repr=False)
+    _hooks: list[Any] = field(default_factory=list, repr=False)
+    """Forward hooks we put on ControlNet's cached IdentityNet model (the face-region mask)."""
     _infotext_after: dict[str, Any] | None = field(default=None, repr=False)
 
     def restore(self, p: Any) -> bool:
@@ -243,6 +245,9 @@ class InjectedUnit:
             for name, value in saved.items():
                 setattr(param, name, value)
         self._param_undo.clear()
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
 
 
 @dataclass
@@ -539,7 +544,9 @@ class ControlNetBridge:
                 _REGISTRY.jobs.remove(entry)
 
     # -- per batch ------------------------------------------------------------------------
-    def apply_face_context(self, p: Any, unit: InjectedUnit, cond_tokens: Any, uncond_tokens: Any) -> None:
+    def apply_face_context(
+        self, p: Any, unit: InjectedUnit, cond_tokens: Any, uncond_tokens: Any, region_mask: Any = None
+    ) -> None:
         """Make ControlNet feed IdentityNet the face tokens instead of the prompt.
 
         Call it from ``process_batch``, i.e. after ControlNet's ``process`` (or, with a
@@ -548,6 +555,10 @@ class ControlNetBridge:
         of zeros; keep them on the UNet's device. ControlNet then computes, per UNet call,
         ``cond * mark + uncond * (1 - mark)`` with its per-row cond/uncond mark, so cond rows
         see the face and uncond rows the zero-face tokens. Only our unit is changed.
+
+        ``region_mask`` (H×W in [0, 1] at the output size) limits IdentityNet to the face box
+        as the reference's "enhance non-face region" does: its residuals are multiplied by the
+        mask, bilinearly resized to each residual's size.
         """
         _check_tokens(cond_tokens, uncond_tokens)
         with self._internals("give IdentityNet its face tokens"):
@@ -584,6 +595,8 @@ class ControlNetBridge:
             param.weight = unit.weight
             param.start_guidance_percent = unit.guidance_start
             param.stop_guidance_percent = unit.guidance_end
+            if region_mask is not None and not unit._hooks:
+                unit._hooks.append(param.control_model.register_forward_hook(_masking_hook(region_mask)))
             _drop_infotext(p, unit, index)
 
     def mark_hires_conds(self, p: Any) -> None:
@@ -628,6 +641,31 @@ class ControlNetBridge:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _masking_hook(region_mask: Any) -> Callable[..., Any]:
+    """A forward hook multiplying each 4-D residual by the mask resized to its size."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = torch.as_tensor(region_mask, dtype=torch.float32)[None, None]
+    resized: dict[tuple, Any] = {}
+
+    def scale(residual: Any) -> Any:
+        if not isinstance(residual, torch.Tensor) or residual.ndim != 4:
+            return residual
+        key = (tuple(residual.shape[-2:]), residual.device, residual.dtype)
+        if key not in resized:
+            small = F.interpolate(mask, size=residual.shape[-2:], mode="bilinear", align_corners=False)
+            resized[key] = small.to(device=residual.device, dtype=residual.dtype)
+        return residual * resized[key]
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, (list, tuple)):
+            return type(output)(scale(r) for r in output)
+        return scale(output)
+
+    return hook
+
+
 def hint_size(p: Any) -> tuple[int, int]:
     """``(width, height)`` ControlNet resizes hints to: the job size floored to a multiple of 8."""
     return int(p.width) // 8 * 8, int(p.height) // 8 * 8

@@ -79,7 +79,9 @@ class InstantIDScript(scripts.Script):
         if state is None or state.bridge is None or state.unit is None:
             return
         try:
-            state.bridge.apply_face_context(p, state.unit, state.tokens.cond, state.tokens.uncond)
+            state.bridge.apply_face_context(
+                p, state.unit, state.tokens.cond, state.tokens.uncond, region_mask=state.mask
+            )
         except InstantIDError as err:
             logger.error("%s", err)
             run.fail_sampling(state, err)

@@ -89,16 +89,20 @@ def rows_of(cond: Any, uncond: Any) -> torch.Tensor:
     return torch.stack(conds + unconds)
 
 
-class RecordingControlModel:
-    """A control model that records what each call received."""
+class RecordingControlModel(torch.nn.Module):
+    """A control model that records what each call received and returns SDXL-shaped residuals
+    (9 down-block residuals at 1, 1/2 and 1/4 of the latent size, then the middle one)."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, x, hint, timesteps, context, y, **kwargs):
+    def forward(self, x, hint, timesteps, context, y, **kwargs):
         self.calls.append({"x": x, "hint": hint, "context": context, "y": y, **kwargs})
-        return [torch.zeros(1)] * 10
+        b, _, h, w = x.shape
+        sizes = [(h, w)] * 3 + [(h // 2, w // 2)] * 3 + [(h // 4, w // 4)] * 4
+        return [torch.ones(b, 4, hh, ww) for hh, ww in sizes]
 
 
 # -- building the modules ------------------------------------------------------------------

@@ -346,3 +346,39 @@ def test_face_keys_are_computed_once_per_job(host, unet, monkeypatch) -> None:
     assert fake_host.HOOK_ERRORS == []
     assert len(calls) == 1
     assert host.run.state_of(job).precomputed == {}  # released after the job
+
+
+def test_face_region_only_masks_identitynet_residuals_for_the_job(
+    host, unet, with_identitynet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.webui import fake_controlnet
+
+    cn = fake_controlnet.install(monkeypatch)
+    cn_script, ours = cn.Script(), host.InstantIDScript()
+    units = (cn.unit(enabled=False),)
+    args = (enabled(control_weight=0.8, face_region_only=True),)
+    cn_script.args_from, cn_script.args_to = 0, 1
+    ours.args_from, ours.args_to = 1, 2
+    runner = fake_host.ScriptRunner([cn_script, ours])
+    job = fake_host.Processing(
+        sd_model=fake_host.fake_sd_model(unet), script_args=units + args, scripts=runner
+    )
+    seen = {}
+
+    def call_model() -> list[torch.Tensor]:
+        model = seen["model"]
+        return model(x=torch.zeros(1, 4, 8, 8), hint=None, timesteps=None, context=None, y=None)
+
+    def inner_sample(self, **kwargs):
+        seen["model"] = cn_script.latest_network.control_params[-1].control_model
+        seen["during"] = call_model()
+        return fake_host.Processing.sample(self, **kwargs)
+
+    job.sample = inner_sample.__get__(job)
+    fake_host.process_images(job)
+    assert fake_host.HOOK_ERRORS == []
+    first = seen["during"][0][0, 0]  # full latent resolution: 8×8 for a 64×64 output
+    assert first[4, 4] == 1.0  # inside the face box
+    assert first[0, 0] == 0.0  # outside it: IdentityNet adds nothing there
+    assert all(r.shape[-2:] == o.shape[-2:] for r, o in zip(seen["during"], call_model(), strict=True))
+    assert all(torch.equal(r, torch.ones_like(r)) for r in call_model())  # hook gone after the job
