@@ -169,3 +169,14 @@ def test_identity_round_trip(face_b64: str) -> None:
     assert code == 200, result
     code, deleted = call("DELETE", "/instantid/v1/identities/live-test")
     assert code == 200 and deleted["deleted"] is True
+
+
+def test_face_region_only_and_hires(face_b64: str) -> None:
+    args = {"enabled": True, "images": [face_b64]}
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": STEPS, "hr_upscaler": "Latent"}
+    code, whole = txt2img(args, **hires)
+    assert code == 200, whole
+    code, region = txt2img({**args, "face_region_only": True}, **hires)
+    assert code == 200, region
+    assert region["images"][0] != whole["images"][0]
+    assert "face region only" in json.loads(region["info"])["infotexts"][0]
