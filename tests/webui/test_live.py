@@ -173,7 +173,13 @@ def test_identity_round_trip(face_b64: str) -> None:
 
 def test_face_region_only_and_hires(face_b64: str) -> None:
     args = {"enabled": True, "images": [face_b64]}
-    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": STEPS, "hr_upscaler": "Latent"}
+    hires = {
+        "enable_hr": True,
+        "hr_scale": 1.5,
+        "hr_second_pass_steps": STEPS,
+        "hr_upscaler": "Latent",
+        "denoising_strength": 0.5,  # the API has no default for it
+    }
     code, whole = txt2img(args, **hires)
     assert code == 200, whole
     code, region = txt2img({**args, "face_region_only": True}, **hires)
