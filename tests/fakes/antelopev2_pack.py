@@ -144,6 +144,17 @@ def draw_face(
     return DrawnFace(bbox=bbox, kps=kps, size=size, ident=ident)
 
 
+def three_faces() -> tuple[np.ndarray, list[DrawnFace]]:
+    """Left: medium and dim; middle: largest; right: small and brightest (highest score)."""
+    img = background(480, 640)
+    drawn = [
+        draw_face(img, (90, 240), 110, ident=11, bright=(200, 225)),
+        draw_face(img, (330, 200), 140, ident=12, bright=(205, 240)),
+        draw_face(img, (560, 320), 70, ident=13, bright=(245, 255)),
+    ]
+    return img, drawn
+
+
 @lru_cache(maxsize=1)
 def recognizer_weights() -> tuple[np.ndarray, np.ndarray]:
     """The fixed linear map of the fake recognizer: ``W`` (147, 512) and ``b`` (512,)."""

@@ -88,17 +88,6 @@ def call_log(analyzer: FaceAnalyzer, monkeypatch: pytest.MonkeyPatch) -> list[tu
     return calls
 
 
-def three_faces() -> tuple[np.ndarray, list[fp.DrawnFace]]:
-    """Left: medium and dim; middle: largest; right: small and brightest (highest score)."""
-    img = fp.background(480, 640)
-    drawn = [
-        fp.draw_face(img, (90, 240), 110, ident=11, bright=(200, 225)),
-        fp.draw_face(img, (330, 200), 140, ident=12, bright=(205, 240)),
-        fp.draw_face(img, (560, 320), 70, ident=13, bright=(245, 255)),
-    ]
-    return img, drawn
-
-
 def one_face(
     ident: int = 1, size: int = 160, shape: tuple[int, int] = (400, 360)
 ) -> tuple[np.ndarray, fp.DrawnFace]:
@@ -113,7 +102,7 @@ def one_face(
 
 
 def test_faces_left_to_right_with_drawn_geometry(analyzer: FaceAnalyzer) -> None:
-    img, drawn = three_faces()
+    img, drawn = fp.three_faces()
     faces = analyzer.analyze(img)
     assert len(faces) == 3
     assert [f.center_x for f in faces] == sorted(f.center_x for f in faces)
@@ -146,7 +135,7 @@ def test_face_records_are_read_only(analyzer: FaceAnalyzer) -> None:
 
 
 def test_choose_face_modes(analyzer: FaceAnalyzer) -> None:
-    img, drawn = three_faces()
+    img, drawn = fp.three_faces()
     faces = analyzer.analyze(img)
     largest = choose_face(faces)
     np.testing.assert_allclose(largest.bbox, drawn[1].bbox, atol=BBOX_TOL)
@@ -161,7 +150,7 @@ def test_choose_face_modes(analyzer: FaceAnalyzer) -> None:
 
 
 def test_analyze_one_uses_the_choice(analyzer: FaceAnalyzer) -> None:
-    img, drawn = three_faces()
+    img, drawn = fp.three_faces()
     np.testing.assert_allclose(analyzer.analyze_one(img).bbox, drawn[1].bbox, atol=BBOX_TOL)
     np.testing.assert_allclose(analyzer.analyze_one(img, "index", 2).bbox, drawn[2].bbox, atol=BBOX_TOL)
 
@@ -196,7 +185,7 @@ def test_no_face_names_the_input_and_the_fix(analyzer: FaceAnalyzer) -> None:
 
 
 def test_raw_embedding_matches_independent_recomputation(analyzer: FaceAnalyzer) -> None:
-    img, drawn = three_faces()
+    img, drawn = fp.three_faces()
     for got, want in zip(analyzer.analyze(img), drawn, strict=True):
         expected = fp.expected_embedding(img, got.kps)
         np.testing.assert_allclose(got.embedding, expected, rtol=1e-4, atol=1e-3)
@@ -220,7 +209,7 @@ def test_different_faces_have_different_embeddings(analyzer: FaceAnalyzer) -> No
 
 
 def test_mean_embedding_unweighted_and_weighted(analyzer: FaceAnalyzer) -> None:
-    faces = analyzer.analyze(three_faces()[0])
+    faces = analyzer.analyze(fp.three_faces()[0])
     vectors = [f.embedding for f in faces]
     mean = mean_embedding(vectors)
     assert mean.dtype == np.float32
@@ -331,7 +320,7 @@ def test_no_face_tries_every_size_once_then_caches(
 
 
 def test_same_image_is_not_analysed_twice(analyzer: FaceAnalyzer, call_log: list[tuple[str, Any]]) -> None:
-    img, _ = three_faces()
+    img, _ = fp.three_faces()
     first = analyzer.analyze(img)
     assert [kind for kind, _ in call_log] == ["detect", "embed", "embed", "embed"]
     call_log.clear()
@@ -376,7 +365,7 @@ def test_models_load_lazily_once_per_root_and_providers(
     second = FaceAnalyzer(str(pack_root), providers=["cpu"])
     assert loads == []  # construction is cheap
     first.analyze(one_face()[0])
-    second.analyze(three_faces()[0])
+    second.analyze(fp.three_faces()[0])
     assert loads == [(pack_root / "models" / "antelopev2").resolve()]
 
 

@@ -112,6 +112,25 @@ def _module(name: str, **attrs: Any) -> types.ModuleType:
     return module
 
 
+def _mode_enums() -> tuple[type[Enum], type[Enum]]:
+    """Fresh ``ResizeMode`` and ``ControlMode`` classes (ControlNet's members and values)."""
+
+    class ResizeMode(Enum):
+        RESIZE = "Just Resize"
+        INNER_FIT = "Crop and Resize"
+        OUTER_FIT = "Resize and Fill"
+
+        def int_value(self) -> int:
+            return list(ResizeMode).index(self)
+
+    class ControlMode(Enum):
+        BALANCED = "Balanced"
+        PROMPT = "My prompt is more important"
+        CONTROL = "ControlNet is more important"
+
+    return ResizeMode, ControlMode
+
+
 def _enums(version: Version) -> types.ModuleType:
     class ControlModelType(Enum):
         ControlNet = "ControlNet, Lvmin Zhang"
@@ -142,19 +161,7 @@ def _enums(version: Version) -> types.ModuleType:
         BATCH = "batch"
         MERGE = "merge"
 
-    class ResizeMode(Enum):
-        RESIZE = "Just Resize"
-        INNER_FIT = "Crop and Resize"
-        OUTER_FIT = "Resize and Fill"
-
-        def int_value(self) -> int:
-            return list(ResizeMode).index(self)
-
-    class ControlMode(Enum):
-        BALANCED = "Balanced"
-        PROMPT = "My prompt is more important"
-        CONTROL = "ControlNet is more important"
-
+    ResizeMode, ControlMode = _mode_enums()
     return _module(
         "scripts.enums",
         ControlModelType=ControlModelType,
@@ -670,20 +677,8 @@ def _external_code(version: Version, enums, sp, global_state) -> types.ModuleTyp
     old = version < (1, 1, 448)
     Preprocessor = sp.Preprocessor
     if old:
-
-        class ResizeMode(Enum):
-            RESIZE = "Just Resize"
-            INNER_FIT = "Crop and Resize"
-            OUTER_FIT = "Resize and Fill"
-
-            def int_value(self) -> int:
-                return list(ResizeMode).index(self)
-
-        class ControlMode(Enum):
-            BALANCED = "Balanced"
-            PROMPT = "My prompt is more important"
-            CONTROL = "ControlNet is more important"
-
+        # Before 1.1.448 these lived in external_code: classes of their own, same members.
+        ResizeMode, ControlMode = _mode_enums()
         ControlNetUnit = _unit_class_444(enums, ResizeMode, ControlMode, Preprocessor)
 
         def to_processing_unit(unit):

@@ -135,17 +135,6 @@ def decode_png(text: str) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
-def three_faces() -> tuple[np.ndarray, list[fp.DrawnFace]]:
-    """Left: medium and dim; middle: largest; right: small and brightest (highest score)."""
-    img = fp.background(480, 640)
-    drawn = [
-        fp.draw_face(img, (90, 240), 110, ident=11, bright=(200, 225)),
-        fp.draw_face(img, (330, 200), 140, ident=12, bright=(205, 240)),
-        fp.draw_face(img, (560, 320), 70, ident=13, bright=(245, 255)),
-    ]
-    return img, drawn
-
-
 def one_face(ident: int = 1, size: int = 160, shape: tuple[int, int] = (400, 360)) -> np.ndarray:
     img = fp.background(*shape)
     fp.draw_face(img, (shape[1] / 2, shape[0] / 2), size, ident=ident)
@@ -237,7 +226,7 @@ def test_openapi_lists_the_routes(locations: Locations) -> None:
 
 
 def test_analyze_lists_faces_left_to_right_with_the_chosen_one(client: TestClient) -> None:
-    img, drawn = three_faces()
+    img, drawn = fp.three_faces()
     response = client.post("/instantid/v1/analyze", json={"image": b64png(img)})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -262,7 +251,7 @@ def test_analyze_lists_faces_left_to_right_with_the_chosen_one(client: TestClien
     [("index", 0, 0), ("index", 2, 2), ("highest_score", 0, 2), ("Highest score", 0, 2), ("largest", 2, 1)],
 )
 def test_analyze_face_choice(locations: Locations, choice: str, index: int, chosen: int) -> None:
-    img, _ = three_faces()
+    img, _ = fp.three_faces()
     body = {"image": b64png(img), "face_choice": choice, "face_index": index, "return_kps_image": False}
     response = make_client(locations).post("/instantid/v1/analyze", json=body)
     assert response.status_code == 200, response.text
@@ -271,7 +260,7 @@ def test_analyze_face_choice(locations: Locations, choice: str, index: int, chos
 
 
 def test_analyze_returns_raw_embeddings_on_request(locations: Locations) -> None:
-    img, _ = three_faces()
+    img, _ = fp.three_faces()
     body = make_client(locations).post(
         "/instantid/v1/analyze", json={"image": b64png(img), "return_embedding": True}
     )
@@ -305,7 +294,7 @@ def test_analyze_without_a_face_is_a_422_with_advice(client: TestClient) -> None
 
 
 def test_analyze_face_index_out_of_range_is_a_422(client: TestClient) -> None:
-    img, _ = three_faces()
+    img, _ = fp.three_faces()
     response = client.post(
         "/instantid/v1/analyze", json={"image": b64png(img), "face_choice": "index", "face_index": 5}
     )
@@ -429,7 +418,7 @@ def test_unweighted_identity_is_the_plain_mean(locations: Locations, pack_root: 
 
 
 def test_identity_uses_the_chosen_face(locations: Locations, pack_root: Path) -> None:
-    img, _ = three_faces()
+    img, _ = fp.three_faces()
     body = {"name": "right", "images": [b64png(img)], "face_choice": "index", "face_index": 2}
     assert make_client(locations).post("/instantid/v1/identities", json=body).status_code == 200
     identity = load_identity(locations.identity_dir / "right.safetensors")
