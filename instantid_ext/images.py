@@ -74,6 +74,16 @@ def to_rgb_array(image: ImageLike, channel_order: ChannelOrder = "rgb") -> np.nd
     return np.ascontiguousarray(arr)
 
 
+def image_size(image: ImageLike) -> tuple[int, int]:
+    """``(width, height)`` of an image without converting it (no pixel copy)."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return int(image.shape[1]), int(image.shape[0])
+    rgb = to_rgb_array(image)  # raises the usual message for anything else
+    return int(rgb.shape[1]), int(rgb.shape[0])
+
+
 def to_bgr_array(image: ImageLike, channel_order: ChannelOrder = "rgb") -> np.ndarray:
     """Like :func:`to_rgb_array`, in the BGR order OpenCV and insightface use."""
     return np.ascontiguousarray(to_rgb_array(image, channel_order)[..., ::-1])

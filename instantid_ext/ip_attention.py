@@ -78,6 +78,7 @@ class RowRouter:
         self._n_total = 0
         self._offset = 0
         self._warned = False
+        self._flag_tensors: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
 
     def begin_step(self, n_cond: int, n_total: int, progress: float | None = None) -> None:
         """Declare the next denoiser call: ``n_cond`` cond rows first, ``n_total`` rows in all."""
@@ -91,21 +92,25 @@ class RowRouter:
 
     def route(self, batch: int, device: torch.device, context: torch.Tensor | None = None) -> None:
         """Set :attr:`flags` for a UNet call of ``batch`` rows."""
-        flags: torch.Tensor | None = None
+        pattern: tuple[int, ...] | None = None
         if self._n_cond is not None and self._offset + batch <= self._n_total:
-            rows = torch.arange(self._offset, self._offset + batch)
+            pattern = tuple(int(r < self._n_cond) for r in range(self._offset, self._offset + batch))
             self._offset += batch
-            flags = (rows < self._n_cond).long()
-        if flags is None:
-            flags = cond_flags_from_cn_marker(context)
-        if flags is None:
+        if pattern is None:
+            marked = cond_flags_from_cn_marker(context)
+            pattern = None if marked is None else tuple(marked.tolist())
+        if pattern is None:
             if not self._warned and self._n_cond is not None:
                 logger.warning("UNet called outside the denoiser's layout; treating its rows as conditional")
                 self._warned = True
-            flags = torch.ones(batch, dtype=torch.long)
-        flags = flags.cpu()
-        self.uniform = int(flags[0]) if bool((flags == flags[0]).all()) else None
-        self.flags = flags.to(device, non_blocking=True)
+            pattern = (COND,) * batch
+        self.uniform = pattern[0] if len(set(pattern)) == 1 else None
+        # The same few layouts repeat every step: keep their device tensors, copy once.
+        key = (pattern, device)
+        flags = self._flag_tensors.get(key)
+        if flags is None:
+            flags = self._flag_tensors[key] = torch.tensor(pattern, dtype=torch.long, device=device)
+        self.flags = flags
 
     def unet_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """``UNetModel.forward(x, timesteps, context, y)`` pre-hook: route this call's rows."""

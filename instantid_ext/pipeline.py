@@ -19,7 +19,7 @@ import torch
 from .errors import InvalidInputError
 from .face import Face, FaceAnalyzer, mean_embedding
 from .identity import IdentityStore
-from .images import ImageLike, to_rgb_array
+from .images import ImageLike, image_size, to_rgb_array
 from .ip_adapter import IPAdapter
 from .keypoints import ResizeModeLike, face_mask, kps_image_for_output, map_bbox
 
@@ -77,11 +77,6 @@ def images_digest(images: Sequence[ImageLike]) -> str:
     return digest.hexdigest()[:10]
 
 
-def _image_size(image: ImageLike) -> Size:
-    rgb = to_rgb_array(image)
-    return int(rgb.shape[1]), int(rgb.shape[0])
-
-
 def build_face_conditioning(
     args: InstantIDArgs,
     analyzer: Callable[[], FaceAnalyzer],
@@ -120,7 +115,7 @@ def build_face_conditioning(
         embedding = mean_embedding(faces, weights)
         source, count = f"images:{images_digest(args.images)}", len(faces)
         if args.pose_source == "reference":
-            pose = FacePose(faces[0].kps, _image_size(args.images[0]), faces[0].bbox)
+            pose = FacePose(faces[0].kps, image_size(args.images[0]), faces[0].bbox)
     if args.pose_source == "pose_image":
         if args.pose_image is None:
             msg = "The pose source is 'pose image' but no pose image was given."
@@ -128,7 +123,7 @@ def build_face_conditioning(
         face = analyzer().analyze_one(
             args.pose_image, args.face_choice, args.face_index, label="the pose image"
         )
-        pose = FacePose(face.kps, _image_size(args.pose_image), face.bbox)
+        pose = FacePose(face.kps, image_size(args.pose_image), face.bbox)
     return FaceConditioning(np.asarray(embedding, dtype=np.float32), pose, source, count)
 
 

@@ -16,7 +16,7 @@ from ..args import InstantIDArgs
 from ..errors import InstantIDError
 from ..face import choose_face
 from ..identity import Identity
-from ..images import to_rgb_array
+from ..images import image_size, to_rgb_array
 from ..pipeline import build_face_conditioning
 from ..resources import Resources
 from . import host
@@ -112,7 +112,7 @@ def save_identity(name: str, images: Any, face_choice: str, face_index: int, ove
             analyzer.analyze_one(img, args.face_choice, args.face_index, label=f"reference image {i + 1}")
             for i, img in enumerate(args.images)
         ]
-        sizes = [(to_rgb_array(img).shape[1], to_rgb_array(img).shape[0]) for img in args.images]
+        sizes = [image_size(img) for img in args.images]
         path = (
             resources().identities().save(name, Identity.from_faces(faces, sizes), overwrite=bool(overwrite))
         )
