@@ -11,6 +11,7 @@ and the face mask in exactly those coordinates (:class:`PlacedPose`).
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -23,7 +24,7 @@ from .face import ChoiceMode, Face, FaceAnalyzer, mean_embedding
 from .geometry import Frame, points_inside, visible_fraction
 from .identity import IdentityStore
 from .images import ImageLike, image_size, to_rgb_array
-from .ip_adapter import IPAdapter
+from .ip_adapter import FACE_EMBEDDING_DIM, IPAdapter
 from .keypoints import ResizeModeLike, draw_kps, face_mask
 
 if TYPE_CHECKING:
@@ -252,6 +253,49 @@ def build_face_conditioning(
     return FaceConditioning(np.asarray(embedding, dtype=np.float32), pose, source, count)
 
 
+_NOISE_SEED_SALT = "instantid-uncond-noise"
+
+
+def _noise_generator_seed(seed: int) -> int:
+    """A 63-bit seed for the noise generator, derived from (not equal to) the generation seed.
+
+    Hashing keeps the uniform draw independent of the sampler's latent noise, which the host
+    draws from the same seed.
+    """
+    digest = hashlib.blake2b(f"{_NOISE_SEED_SALT}:{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def check_noise(noise: object) -> float:
+    """``noise`` as a float in [0, 1], or :class:`InvalidInputError`."""
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0.0 <= float(noise) <= 1.0:
+        msg = f"The negative-embedding noise must be a number from 0 to 1 (0 = off), got {noise!r}."
+        raise InvalidInputError(msg)
+    return float(noise)  # NaN fails the range check above
+
+
+def uncond_noise_embedding(noise: float, seed: int) -> torch.Tensor:
+    """The negative branch's Resampler input: ``noise · U[0, 1)^512`` (float32, CPU).
+
+    This is ComfyUI_InstantID's remedy for burned, over-saturated images: a small random
+    negative embedding instead of zeros. cubiq seeds it with ``torch.manual_seed(int(sum(emb))
+    % 1000000007)``; here the draw comes from a private ``torch.Generator`` seeded from the
+    generation ``seed``, on purpose:
+
+    * the global RNGs (torch, numpy, ``random``) are never touched, so the host's own random
+      streams (samplers, other extensions) are not reset in the middle of a job;
+    * the result is reproducible per generation seed, like the rest of the image: the same
+      seed and settings give the same picture, another seed another draw (cubiq's draw is
+      the same for every seed of an identity).
+    """
+    value = check_noise(noise)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        msg = f"The negative-embedding noise needs the generation seed as a whole number, got {seed!r}."
+        raise InvalidInputError(msg)
+    generator = torch.Generator(device="cpu").manual_seed(_noise_generator_seed(int(seed)))
+    return value * torch.rand(FACE_EMBEDDING_DIM, generator=generator, dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class FaceTokens:
     """The Resampler's output for both CFG branches: ``[1, 16, 2048]`` each, float32 on the CPU."""
@@ -260,10 +304,25 @@ class FaceTokens:
     uncond: torch.Tensor
 
     @classmethod
-    def from_embedding(cls, adapter: IPAdapter, embedding: np.ndarray) -> FaceTokens:
-        """cond = Resampler(embedding); uncond = Resampler(zeros), as the reference's CFG batch."""
+    def from_embedding(
+        cls, adapter: IPAdapter, embedding: np.ndarray, noise: float = 0.0, seed: int | None = None
+    ) -> FaceTokens:
+        """cond = Resampler(embedding); uncond = Resampler(zeros), as the reference's CFG batch.
+
+        With ``noise`` > 0, uncond = Resampler(noise · U[0, 1)^512) instead (see
+        :func:`uncond_noise_embedding`), which needs the generation ``seed``. ``noise`` 0 (the
+        default) is exactly the zeros path.
+        """
+        value = check_noise(noise)
         cond = adapter.face_tokens(torch.tensor(np.asarray(embedding, dtype=np.float32)))
-        return cls(cond=cond.cpu(), uncond=adapter.uncond_tokens().cpu())
+        if value == 0.0:
+            uncond = adapter.uncond_tokens()
+        else:
+            if seed is None:
+                msg = "The negative-embedding noise needs the generation seed; none was given."
+                raise InvalidInputError(msg)
+            uncond = adapter.face_tokens(uncond_noise_embedding(value, seed))
+        return cls(cond=cond.cpu(), uncond=uncond.cpu())
 
 
 __all__ = [
@@ -274,7 +333,9 @@ __all__ = [
     "PlacedPose",
     "black_hint",
     "build_face_conditioning",
+    "check_noise",
     "face_under_mask",
     "images_digest",
     "pose_from_image",
+    "uncond_noise_embedding",
 ]
