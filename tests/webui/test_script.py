@@ -13,32 +13,7 @@ from PIL import Image
 from instantid_ext.errors import IncompatibleModelError, InstantIDError, NoFaceError
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.sgm_unet import make_unet
-from tests.fakes.weights import adapter_checkpoint, save_bin
 from tests.webui import fake_host
-
-
-@pytest.fixture(scope="module")
-def unet() -> torch.nn.Module:
-    return make_unet(seed=3)
-
-
-@pytest.fixture(scope="module")
-def models_path(tmp_path_factory: pytest.TempPathFactory, unet: torch.nn.Module) -> Path:
-    root = tmp_path_factory.mktemp("webui") / "models"
-    (root / "instantid").mkdir(parents=True)
-    save_bin(adapter_checkpoint(unet, seed=4), root / "instantid" / "ip-adapter.bin")
-    fp.write_pack(root / "insightface")
-    return root
-
-
-@pytest.fixture
-def host(models_path: Path):
-    fake_host.install(models_path)
-    script_module = importlib.import_module("instantid_ext.webui.script")
-    importlib.import_module("instantid_ext.webui.callbacks").register_callbacks()
-    yield script_module
-    importlib.import_module("instantid_ext.webui.job").close_all()
-    fake_host.uninstall()
 
 
 def face_photo(ident: int = 1) -> Image.Image:
@@ -252,16 +227,6 @@ def test_face_keypoints_for_controlnets_preprocessor(host) -> None:
 
 
 # -- IdentityNet through (a stand-in of) sd-webui-controlnet ---------------------------------
-@pytest.fixture
-def with_identitynet(models_path: Path) -> Path:
-    from tests.fakes.weights import save_identitynet_folder, tiny_identitynet
-
-    folder = models_path / "instantid" / "ControlNetModel"
-    if not folder.exists():
-        save_identitynet_folder(tiny_identitynet(), folder)
-    return folder
-
-
 def test_identitynet_runs_through_controlnet_with_face_tokens_as_context(
     host, unet, with_identitynet: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
