@@ -25,6 +25,7 @@ from .identity import check_identity_name
 from .images import decode_image, encode_image_png_base64
 from .keypoints import ResizeMode
 from .models import AUTO
+from .pose_presets import get_preset
 
 try:
     from pydantic.v1 import BaseModel, Extra, Field, ValidationError, root_validator, validator
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 FaceChoice = Literal["largest", "index", "highest_score"]
-PoseSource = Literal["auto", "reference", "pose_image", "init_image", "none"]
+PoseSource = Literal["auto", "reference", "pose_image", "init_image", "preset", "none"]
+FacePassFaces = Literal["largest", "all", "index"]
 ResizeModeName = Literal["Crop and Resize", "Resize and Fill", "Just Resize"]
 
 INFOTEXT_PREFIX = "InstantID"
@@ -138,7 +140,7 @@ class InstantIDArgs(BaseModel):
         description=(
             "Where the IdentityNet keypoints come from: 'auto' (img2img: the face in the init image, "
             "under the inpaint mask if there is one; txt2img: the reference face), 'reference', "
-            "'pose_image', 'init_image' (img2img only) or 'none' (free pose)."
+            "'pose_image', 'init_image' (img2img only), 'preset' (pose_preset) or 'none' (free pose)."
         ),
         infotext="pose",
     )
@@ -221,6 +223,93 @@ class InstantIDArgs(BaseModel):
     show_hint: bool = Field(
         False,
         description="Also return the keypoint image IdentityNet received, as an extra output image.",
+    )
+    pose_preset: str = Field(
+        "front",
+        description=(
+            "With pose_source 'preset': front, three_quarter_left/right, profile_left/right, "
+            "looking_up/down, tilted_left/right ('left' = towards the image's left)."
+        ),
+        infotext="pose preset",
+    )
+    pose_mirror: bool = Field(False, description="Mirror the keypoints left-right.", infotext="pose mirror")
+    pose_rotate: float = Field(
+        0.0,
+        ge=-180,
+        le=180,
+        description="Rotate the keypoints (degrees, counter-clockwise).",
+        infotext="pose rotate",
+    )
+    pose_scale: float = Field(
+        1.0, ge=0.2, le=3, description="Scale the face's keypoints about their centre.", infotext="pose scale"
+    )
+    pose_offset_x: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Move the keypoints right by this fraction of the width.",
+        infotext="pose offset",
+    )
+    pose_offset_y: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Move the keypoints down by this fraction of the height.",
+        infotext="pose offset",
+    )
+    noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Negative-embedding noise against burned images: the uncond face tokens come from "
+            "noise × uniform random numbers (seeded by the image seed) instead of zeros. 0 = off."
+        ),
+        infotext="noise",
+    )
+    likeness: bool = Field(
+        True,
+        description="Score each output: cosine of its face's ArcFace embedding to the reference's.",
+    )
+    face_pass: bool = Field(
+        False,
+        description=(
+            "After each image, detect its face(s), restyle each at its own resolution with InstantID "
+            "(keypoints from the face itself) and paste it back."
+        ),
+        infotext="face pass",
+    )
+    face_pass_faces: FacePassFaces = Field(
+        "largest", description="Which faces the face pass restyles.", infotext="face pass faces"
+    )
+    face_pass_index: int = Field(
+        0,
+        ge=0,
+        le=31,
+        description="With face_pass_faces 'index': left to right from 0.",
+        infotext="face pass index",
+    )
+    face_pass_strength: float = Field(
+        0.4, ge=0, le=1, description="Denoising strength of the face pass.", infotext="face pass strength"
+    )
+    face_pass_prompt: str = Field(
+        "",
+        description="Prompt for the face pass; empty = the image's own prompt.",
+        infotext="face pass prompt",
+    )
+    face_pass_padding: int = Field(
+        32,
+        ge=0,
+        le=512,
+        description="Context around each face box, in pixels of the image.",
+        infotext="face pass padding",
+    )
+    face_pass_resolution: int = Field(
+        1024,
+        ge=256,
+        le=2048,
+        description="Side of the square each face is restyled at.",
+        infotext="face pass resolution",
     )
 
     class Config:
@@ -313,7 +402,7 @@ class InstantIDArgs(BaseModel):
         except InvalidInputError as err:
             raise ValueError(str(err)) from err
 
-    @validator("face_choice", "pose_source", "pose_face_choice", pre=True)
+    @validator("face_choice", "pose_source", "pose_face_choice", "face_pass_faces", pre=True)
     @classmethod
     def _choice_spelling(cls, value: object) -> object:
         """'Highest score', 'pose-image' and 'None' mean the listed choices."""
@@ -321,7 +410,14 @@ class InstantIDArgs(BaseModel):
             return "_".join(value.strip().lower().replace("-", " ").split())
         return value
 
-    @validator("face_index", "pose_face_index", pre=True)
+    @validator(
+        "face_index",
+        "pose_face_index",
+        "face_pass_index",
+        "face_pass_padding",
+        "face_pass_resolution",
+        pre=True,
+    )
     @classmethod
     def _whole_number(cls, value: object) -> object:
         """Gradio sliders send 2.0 for 2; 2.5 is an error, not a silent 2."""
@@ -332,7 +428,7 @@ class InstantIDArgs(BaseModel):
                 return value
         if isinstance(value, float):
             if not value.is_integer():
-                msg = f"must be a whole number from 0 to 31 (got {value!r})"
+                msg = f"must be a whole number (got {value!r})"
                 raise ValueError(msg)
             return int(value)
         return value
@@ -345,6 +441,25 @@ class InstantIDArgs(BaseModel):
             return ResizeMode.parse(value).value  # type: ignore[arg-type]
         except InvalidInputError:
             return value  # the Literal check explains the choices
+
+    @validator("pose_preset", pre=True)
+    @classmethod
+    def _preset_name(cls, value: object) -> object:
+        """Any spelling pose_presets accepts, stored as the preset's key."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return get_preset(value).name
+        except InvalidInputError as err:
+            raise ValueError(str(err)) from err
+
+    @validator("face_pass_resolution")
+    @classmethod
+    def _multiple_of_eight(cls, value: int) -> int:
+        if value % 8:
+            msg = f"must be a multiple of 8 (got {value})"
+            raise ValueError(msg)
+        return value
 
     @validator("ip_adapter_model", "identitynet_model", pre=True)
     @classmethod
@@ -440,7 +555,8 @@ class InstantIDArgs(BaseModel):
                 if pair is None:
                     continue
                 checked = [_check_field(f, v) for f, v in zip(fields, pair, strict=True)]
-                if all(ok for ok, _ in checked) and checked[0][1] <= checked[1][1]:
+                ordered = not key.endswith(" range") or checked[0][1] <= checked[1][1]
+                if all(ok for ok, _ in checked) and ordered:
                     updates.update({f: v for f, (_, v) in zip(fields, checked, strict=True)})
                 continue
             ok, value = _check_field(name, text)
@@ -505,6 +621,7 @@ ARG_FIELDS: tuple[str, ...] = tuple(InstantIDArgs.__fields__)
 _INFOTEXT_GROUPS: dict[str, tuple[str, str]] = {
     f"{INFOTEXT_PREFIX} ID range": ("id_start", "id_end"),
     f"{INFOTEXT_PREFIX} IdentityNet range": ("control_start", "control_end"),
+    f"{INFOTEXT_PREFIX} pose offset": ("pose_offset_x", "pose_offset_y"),
 }
 
 

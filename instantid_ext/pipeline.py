@@ -26,12 +26,13 @@ from .identity import IdentityStore
 from .images import ImageLike, image_size, to_rgb_array
 from .ip_adapter import FACE_EMBEDDING_DIM, IPAdapter
 from .keypoints import ResizeModeLike, draw_kps, face_mask
+from .pose_presets import PoseEdit, apply_edit, preset_kps
 
 if TYPE_CHECKING:
     from .args import InstantIDArgs
 
 Size = tuple[int, int]
-PoseOrigin = Literal["reference", "identity", "pose_image", "init_image"]
+PoseOrigin = Literal["reference", "identity", "pose_image", "init_image", "preset"]
 
 #: How each origin is named in messages and infotext.
 ORIGIN_TEXT: dict[str, str] = {
@@ -39,7 +40,15 @@ ORIGIN_TEXT: dict[str, str] = {
     "identity": "the saved identity",
     "pose_image": "the pose image",
     "init_image": "the init image",
+    "preset": "the pose preset",
 }
+
+#: insightface's ArcFace alignment template: where the 5 keypoints sit in the 112×112 face crop.
+_ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+_ARCFACE_CROP = 112.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,19 @@ class PlacedPose:
     bbox: np.ndarray | None  # (4,) canvas pixels, unclipped
     size: Size
     origin: PoseOrigin = "reference"
+
+    def then(self, frame: Frame) -> PlacedPose:
+        """This pose carried on by ``frame`` (e.g. onto the hires canvas)."""
+        kps = frame.map_points(self.kps).astype(np.asarray(self.kps).dtype)
+        bbox = None if self.bbox is None else frame.map_box(self.bbox)
+        return PlacedPose(kps, bbox, frame.size, self.origin)
+
+    def edited(self, edit: PoseEdit) -> PlacedPose:
+        """Mirrored, rotated, scaled and moved on the canvas (:mod:`.pose_presets`); the box follows."""
+        if edit.is_identity:
+            return self
+        kps = apply_edit(self.kps, self.size, edit)
+        return PlacedPose(kps, kps_box(kps), self.size, self.origin)
 
     def hint(self) -> np.ndarray:
         """IdentityNet's keypoint image at the canvas size (RGB uint8), drawn as in training."""
@@ -136,6 +158,31 @@ class FaceConditioning:
             width, height = output_size
             return np.zeros((height, width, 3), dtype=np.uint8)
         return self.pose.place(Frame.resize(self.pose.size, output_size, mode)).hint()
+
+
+def kps_box(kps: np.ndarray) -> np.ndarray:
+    """A face box for keypoints that came without one (presets, edited poses).
+
+    The box the ArcFace alignment crop covers: the similarity transform that takes
+    insightface's 112×112 template keypoints onto ``kps`` (least squares), applied to the
+    crop's corners. For a detected frontal face this is close to the detector's own box.
+    """
+    src = _ARCFACE_TEMPLATE
+    dst = np.asarray(kps, dtype=np.float64)
+    src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
+    # Least-squares similarity (Umeyama without reflection) as a complex ratio: dst ≈ a·src + t.
+    zs, zd = src_c[:, 0] + 1j * src_c[:, 1], dst_c[:, 0] + 1j * dst_c[:, 1]
+    a = np.vdot(zs, zd) / np.vdot(zs, zs)
+    corners = np.array([0, _ARCFACE_CROP, _ARCFACE_CROP + 1j * _ARCFACE_CROP, 1j * _ARCFACE_CROP])
+    centre_s = src.mean(0)[0] + 1j * src.mean(0)[1]
+    mapped = a * (corners - centre_s) + (dst.mean(0)[0] + 1j * dst.mean(0)[1])
+    return np.array([mapped.real.min(), mapped.imag.min(), mapped.real.max(), mapped.imag.max()])
+
+
+def preset_pose(name: str, size: Size) -> PlacedPose:
+    """A named pose preset drawn on a canvas of ``size``."""
+    kps = preset_kps(name, size)
+    return PlacedPose(kps, kps_box(kps), size, "preset")
 
 
 def black_hint(size: Size) -> np.ndarray:
@@ -336,6 +383,8 @@ __all__ = [
     "check_noise",
     "face_under_mask",
     "images_digest",
+    "kps_box",
     "pose_from_image",
+    "preset_pose",
     "uncond_noise_embedding",
 ]

@@ -40,7 +40,9 @@ from ..pipeline import (
     black_hint,
     build_face_conditioning,
     pose_from_image,
+    preset_pose,
 )
+from ..pose_presets import PoseEdit
 from ..resources import Resources
 from . import frames, host
 from .job import Job
@@ -69,6 +71,7 @@ class Run(Job):
         self.masks: dict[str, torch.Tensor | None] = {"first": None, "hires": None}
         self.pass_name = "first"
         self.patch: IPAttentionPatch | None = None
+        self.noise_seed: int | None = None
         self.own("the face keys/values", self.precomputed.clear)
 
     def close(self) -> None:
@@ -87,6 +90,8 @@ class Run(Job):
         """Draw the hint and the face mask where the sampler works, and give them to ControlNet."""
         if self.placed is None and self.hint is None:
             self._place(p)
+        if self.args.noise > 0:
+            self._noise_tokens(p)
         if self.bridge is None or self.unit is None:
             return
         assert self.tokens is not None
@@ -102,24 +107,36 @@ class Run(Job):
 
     def _place(self, p: Any) -> None:
         canvas = frames.canvas_size(p)
-        pose = self.pose
-        if pose is None:
+        placed = self._placed_on(p, canvas)
+        if placed is None:
             self.hint = black_hint(canvas)
             return
-        if pose.origin == "init_image":
-            frame = frames.init_frame(p, pose.size)
-        else:
-            frame = frames.layout_frame(p, pose.size, self.args.resize_mode)
-        self.placed = pose.place(frame)
+        self.placed = placed.edited(self.edit)
         self.hint = self.placed.hint()
         hires = frames.hires_frame(p)
         if hires is not None:
-            self.hr_placed = pose.place(frame.then(hires))
+            self.hr_placed = self.placed.then(hires)
         self._check_placement()
         if self.args.face_region_only:
             self.masks["first"] = _as_tensor(self.placed.region_mask())
             if self.hr_placed is not None:
                 self.masks["hires"] = _as_tensor(self.hr_placed.region_mask())
+
+    def _placed_on(self, p: Any, canvas: tuple[int, int]) -> PlacedPose | None:
+        """The pose on the first pass's canvas, before the user's edits."""
+        if self.args.pose_source == "preset":
+            return preset_pose(self.args.pose_preset, canvas)
+        pose = self.pose
+        if pose is None:
+            return None
+        if pose.origin == "init_image":
+            return pose.place(frames.init_frame(p, pose.size))
+        return pose.place(frames.layout_frame(p, pose.size, self.args.resize_mode))
+
+    @property
+    def edit(self) -> PoseEdit:
+        a = self.args
+        return PoseEdit(a.pose_mirror, a.pose_rotate, a.pose_scale, a.pose_offset_x, a.pose_offset_y)
 
     def _check_placement(self) -> None:
         assert self.placed is not None
@@ -139,6 +156,19 @@ class Run(Job):
                 self.fail(InvalidInputError(msg))
                 return
             self.warn(problem)
+
+    def _noise_tokens(self, p: Any) -> None:
+        """Uncond tokens from seeded noise (the batch's first seed), as the noise option asks."""
+        seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
+        seed = int(seeds[0])
+        if seed == self.noise_seed:
+            return
+        assert self.adapter is not None and self.conditioning is not None
+        self.tokens = FaceTokens.from_embedding(
+            self.adapter, self.conditioning.embedding, noise=self.args.noise, seed=seed
+        )
+        self.noise_seed = seed
+        self.precomputed.clear()  # the uncond keys/values changed
 
     def _mask_array(self, name: str) -> np.ndarray | None:
         mask = self.masks.get(name)
@@ -241,7 +271,7 @@ def _controlnet_bridge() -> Any:
 def _resolve_pose(run: Run, p: Any, conditioning: FaceConditioning, resources: Resources) -> FacePose | None:
     """The pose the hint follows, including the img2img init image's face (pose source auto/init)."""
     args = run.args
-    if args.pose_source == "none":
+    if args.pose_source in ("none", "preset"):
         return None
     uses_init = args.pose_source == "init_image" or (args.pose_source == "auto" and frames.is_img2img(p))
     if not uses_init:
@@ -363,7 +393,9 @@ def _infotext_extra(run: Run) -> dict[str, str]:
         extra["InstantID IdentityNet"] = run.identitynet_file.name
         extra["InstantID IdentityNet hash"] = short_hash(run.identitynet_file.path)
     pose = run.conditioning.pose
-    if run.args.pose_source == "auto":
+    if run.args.pose_source == "preset":
+        extra["InstantID keypoints from"] = f"preset {run.args.pose_preset}"
+    elif run.args.pose_source == "auto":
         extra["InstantID keypoints from"] = "none" if pose is None else pose.origin.replace("_", " ")
     return extra
 

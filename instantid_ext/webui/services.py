@@ -7,6 +7,7 @@ Holds the process-wide :class:`Resources` (model scan, loaded adapter; located t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -15,9 +16,11 @@ import numpy as np
 from ..args import InstantIDArgs
 from ..errors import InstantIDError
 from ..face import choose_face
+from ..geometry import Frame
 from ..identity import Identity
 from ..images import image_size, to_rgb_array
-from ..pipeline import build_face_conditioning
+from ..pipeline import black_hint, build_face_conditioning, pose_from_image, preset_pose
+from ..pose_presets import PoseEdit
 from ..resources import Resources
 from . import host
 
@@ -63,40 +66,71 @@ def annotate_faces(image: Any, faces: list) -> np.ndarray:
 
 
 def preview(
-    images: Any,
-    pose_image: Any,
-    pose_source: str,
-    face_choice: str,
-    face_index: int,
-    resize_mode: str,
-    width: int,
-    height: int,
+    fields: Mapping[str, Any], width: int, height: int
 ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Detected faces on the first reference, the keypoint hint at the output size, a message."""
+    """Detected faces on the first reference, the keypoint hint at the output size, a message.
+
+    ``fields`` are panel values by argument name (see ``ui.PREVIEW_FIELDS``). The hint is the
+    one a txt2img generation of ``width×height`` would get, pose edits included; in img2img
+    the init image's face is only known when generating.
+    """
+    size = (int(width), int(height))
     try:
-        args = InstantIDArgs.parse(
-            {
-                "images": images or [],
-                "pose_image": pose_image,
-                "pose_source": pose_source,
-                "face_choice": face_choice,
-                "face_index": int(face_index or 0),
-                "resize_mode": resize_mode,
-            }
+        args = InstantIDArgs.parse({**fields, "images": fields.get("images") or []})
+        faces: list = []
+        annotated = None
+        notes = []
+        if args.images:
+            analyzer = resources().analyzer()
+            faces = analyzer.analyze(args.images[0], label="the reference image")
+            annotated = annotate_faces(args.images[0], faces)
+        if args.pose_source == "preset":
+            placed = preset_pose(args.pose_preset, size)
+        elif args.pose_source == "none":
+            placed = None
+        else:
+            if args.pose_source == "pose_image":
+                if args.pose_image is None:
+                    return annotated, None, "Add a pose image first."
+                pose = pose_from_image(
+                    resources().analyzer(),
+                    args.pose_image,
+                    "pose_image",
+                    args.pose_face_choice,
+                    args.pose_face_index,
+                )
+            elif not args.images:
+                return None, None, "Add a reference face photo first."
+            else:
+                if args.pose_source == "init_image":
+                    notes.append(
+                        "The init image's face is used when generating; the reference is shown here."
+                    )
+                pose = build_face_conditioning(args, resources().analyzer).pose
+            placed = None if pose is None else pose.place(Frame.resize(pose.size, size, args.resize_mode))
+        edit = PoseEdit(
+            args.pose_mirror, args.pose_rotate, args.pose_scale, args.pose_offset_x, args.pose_offset_y
         )
-        if not args.images:
-            return None, None, "Add a reference face photo first."
-        analyzer = resources().analyzer()
-        faces = analyzer.analyze(args.images[0], label="the reference image")
-        annotated = annotate_faces(args.images[0], faces)
-        conditioning = build_face_conditioning(args, lambda: analyzer)
-        hint = conditioning.hint_image((int(width), int(height)), args.resize_mode)
+        if placed is not None:
+            placed = placed.edited(edit)
+            problem = placed.problem()
+            if problem:
+                notes.append(f"⚠ {problem}")
+        hint = black_hint(size) if placed is None else placed.hint()
     except InstantIDError as err:
         return None, None, f"⚠ {err}"
-    chosen = (
-        "" if len(faces) < 2 else f" ({len(faces)} faces found; using {args.face_choice.replace('_', ' ')})"
-    )
-    return annotated, hint, f"Face found{chosen}. Keypoint hint shown at {int(width)}×{int(height)}."
+    if faces:
+        chosen = (
+            ""
+            if len(faces) < 2
+            else f" ({len(faces)} faces found; using {args.face_choice.replace('_', ' ')})"
+        )
+        head = f"Face found{chosen}."
+    else:
+        head = "No reference photo."
+    what = "no keypoints (free pose)" if placed is None else "Keypoint hint"
+    message = " ".join([head, f"{what} shown at {size[0]}×{size[1]}.", *notes])
+    return annotated, hint, message
 
 
 def save_identity(name: str, images: Any, face_choice: str, face_index: int, overwrite: bool) -> str:

@@ -25,6 +25,7 @@ from ..args import ARG_FIELDS, INFOTEXT_PREFIX, InstantIDArgs, infotext_labels
 from ..errors import InstantIDError
 from ..images import decode_image
 from ..models import AUTO
+from ..pose_presets import PRESETS, get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,24 @@ AUTO_POSE_INFO = {
     ),
 }
 RESIZE_CHOICES = ["Crop and Resize", "Resize and Fill", "Just Resize"]
+FACE_PASS_CHOICES = [("Largest face", "largest"), ("All faces", "all"), ("Face number…", "index")]
+#: The panel values the keypoint preview is drawn from, in the order the preview event sends them.
+PREVIEW_FIELDS = (
+    "images",
+    "pose_image",
+    "pose_source",
+    "face_choice",
+    "face_index",
+    "resize_mode",
+    "pose_preset",
+    "pose_mirror",
+    "pose_rotate",
+    "pose_scale",
+    "pose_offset_x",
+    "pose_offset_y",
+    "pose_face_choice",
+    "pose_face_index",
+)
 
 # The preview wants the keypoint hint at the size the user will generate at. A script's ui()
 # cannot reach the tab's width/height sliders, so this runs in the browser before the handler
@@ -108,7 +127,7 @@ class UiEnv:
     refresh: Callable[[], None]
     #: Whether IdentityNet can run through ControlNet, and a sentence saying so.
     controlnet_status: Callable[[], tuple[bool, str]]
-    #: (images, pose_image, pose_source, face_choice, face_index, resize_mode, width, height)
+    #: ({field: value for PREVIEW_FIELDS}, width, height)
     #: → (reference with face boxes and indices, keypoint hint at width×height, message).
     preview: Callable[..., tuple[np.ndarray | None, np.ndarray | None, str]]
     #: (name, images, face_choice, face_index, overwrite) → status message.
@@ -161,6 +180,8 @@ def ui_value(name: str, value: Any, env: UiEnv | None = None) -> Any:
         if env is not None:
             return _known_name(value, env.identity_names()) or NO_IDENTITY
         return value
+    if name == "pose_preset":
+        return PRESETS[get_preset(value).name].label if value else value
     if name in ("ip_adapter_model", "identitynet_model"):
         if env is not None and value != AUTO:
             names = env.adapter_names() if name == "ip_adapter_model" else env.identitynet_names()
@@ -229,8 +250,9 @@ def reference_thumbnails(files: Sequence[Any] | None) -> dict[str, Any]:
     return gr.update(value=thumbnails or None, visible=bool(thumbnails))
 
 
-def show_pose_image(pose_source: str) -> dict[str, Any]:
-    return gr.update(visible=pose_source == "pose_image")
+def show_pose_inputs(pose_source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pose image upload and the preset list, each shown when it is the pose source."""
+    return gr.update(visible=pose_source == "pose_image"), gr.update(visible=pose_source == "preset")
 
 
 def show_face_index(face_choice: str) -> dict[str, Any]:
@@ -243,29 +265,17 @@ def status_text(env: UiEnv) -> str:
     return f"{'✓' if ok else '⚠'} {message}"
 
 
-def run_preview(
-    env: UiEnv,
-    images: Any,
-    pose_image: Any,
-    pose_source: str,
-    face_choice: str,
-    face_index: float | None,
-    resize_mode: str,
-    width: float | None,
-    height: float | None,
-) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Show which face is used and the keypoint hint at the output size."""
+def run_preview(env: UiEnv, *values: Any) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Show which face is used and the keypoint hint at the output size.
+
+    ``values`` are the :data:`PREVIEW_FIELDS` in order, then the output width and height.
+    """
+    *fields, width, height = values
+    named = dict(zip(PREVIEW_FIELDS, fields, strict=True))
+    for name in ("face_index", "pose_face_index"):
+        named[name] = int(named[name] or 0)
     try:
-        return env.preview(
-            images,
-            pose_image,
-            pose_source,
-            face_choice,
-            int(face_index or 0),
-            resize_mode,
-            int(width or DEFAULT_PREVIEW_SIZE),
-            int(height or DEFAULT_PREVIEW_SIZE),
-        )
+        return env.preview(named, int(width or DEFAULT_PREVIEW_SIZE), int(height or DEFAULT_PREVIEW_SIZE))
     except InstantIDError as err:
         return None, None, f"⚠ {err}"
 
@@ -441,6 +451,54 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
             visible=False,
             elem_id=eid("pose_image"),
         )
+        c["pose_preset"] = gr.Dropdown(
+            choices=[preset.label for preset in PRESETS.values()],
+            value=default_value("pose_preset"),
+            label="Pose preset",
+            info="'Left' turns the face towards the image's left.",
+            visible=False,
+            elem_id=eid("pose_preset"),
+        )
+        with gr.Accordion("Pose edits", open=False, elem_id=eid("pose_edits")):
+            with gr.Row():
+                c["pose_mirror"] = gr.Checkbox(
+                    value=default_value("pose_mirror"), label="Mirror", elem_id=eid("pose_mirror")
+                )
+                c["pose_rotate"] = gr.Slider(
+                    minimum=-180,
+                    maximum=180,
+                    step=1,
+                    value=default_value("pose_rotate"),
+                    label="Rotate (degrees)",
+                    elem_id=eid("pose_rotate"),
+                )
+                c["pose_scale"] = gr.Slider(
+                    minimum=0.2,
+                    maximum=3.0,
+                    step=0.05,
+                    value=default_value("pose_scale"),
+                    label="Scale",
+                    elem_id=eid("pose_scale"),
+                )
+            with gr.Row():
+                c["pose_offset_x"] = gr.Slider(
+                    minimum=-1,
+                    maximum=1,
+                    step=0.01,
+                    value=default_value("pose_offset_x"),
+                    label="Move right",
+                    info="Fraction of the width.",
+                    elem_id=eid("pose_offset_x"),
+                )
+                c["pose_offset_y"] = gr.Slider(
+                    minimum=-1,
+                    maximum=1,
+                    step=0.01,
+                    value=default_value("pose_offset_y"),
+                    label="Move down",
+                    info="Fraction of the height.",
+                    elem_id=eid("pose_offset_y"),
+                )
 
         with gr.Accordion("Preview", open=False, elem_id=eid("preview_accordion")):
             with gr.Row():
@@ -541,6 +599,84 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                 info="Shows exactly what IdentityNet received, drawn where the sampler saw it.",
                 elem_id=eid("show_hint"),
             )
+            with gr.Row():
+                c["noise"] = gr.Slider(
+                    minimum=0.0,
+                    maximum=1.0,
+                    step=0.05,
+                    value=default_value("noise"),
+                    label="Negative noise",
+                    info="Against burned, over-saturated images: 0.2–0.4 helps; 0 = off.",
+                    elem_id=eid("noise"),
+                )
+                c["likeness"] = gr.Checkbox(
+                    value=default_value("likeness"),
+                    label="Likeness score",
+                    info="Score each output's face against the reference (shown in the image info).",
+                    elem_id=eid("likeness"),
+                )
+
+        with gr.Accordion("Face pass", open=False, elem_id=eid("face_pass_accordion")):
+            c["face_pass"] = gr.Checkbox(
+                value=default_value("face_pass"),
+                label="Restyle the face(s) after each image",
+                info=(
+                    "Finds the faces in the result, redraws each at its own resolution with InstantID "
+                    "and pastes it back: small faces come back with the identity."
+                ),
+                elem_id=eid("face_pass"),
+            )
+            with gr.Row():
+                c["face_pass_faces"] = gr.Radio(
+                    choices=FACE_PASS_CHOICES,
+                    value=default_value("face_pass_faces"),
+                    label="Faces",
+                    elem_id=eid("face_pass_faces"),
+                )
+                c["face_pass_index"] = gr.Number(
+                    value=default_value("face_pass_index"),
+                    precision=0,
+                    minimum=0,
+                    maximum=31,
+                    label="Face number",
+                    info="0 = leftmost face.",
+                    visible=False,
+                    elem_id=eid("face_pass_index"),
+                )
+            with gr.Row():
+                c["face_pass_strength"] = gr.Slider(
+                    minimum=0.0,
+                    maximum=1.0,
+                    step=0.01,
+                    value=default_value("face_pass_strength"),
+                    label="Denoising strength",
+                    elem_id=eid("face_pass_strength"),
+                )
+                c["face_pass_padding"] = gr.Slider(
+                    minimum=0,
+                    maximum=512,
+                    step=4,
+                    value=default_value("face_pass_padding"),
+                    label="Padding (px)",
+                    info="Context kept around each face.",
+                    elem_id=eid("face_pass_padding"),
+                )
+                c["face_pass_resolution"] = gr.Slider(
+                    minimum=256,
+                    maximum=2048,
+                    step=64,
+                    value=default_value("face_pass_resolution"),
+                    label="Working size",
+                    info="Each face is redrawn at this size.",
+                    elem_id=eid("face_pass_resolution"),
+                )
+            c["face_pass_prompt"] = gr.Textbox(
+                value=default_value("face_pass_prompt"),
+                label="Face pass prompt",
+                placeholder="Empty: the image's own prompt",
+                lines=1,
+                elem_id=eid("face_pass_prompt"),
+            )
 
         with gr.Accordion("Save as identity", open=False, elem_id=eid("save_accordion")):
             with gr.Row():
@@ -557,7 +693,13 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
     # -- events (components only; nothing runs until the user acts) --
     c["images"].change(reference_thumbnails, inputs=[c["images"]], outputs=[thumbnails], queue=False)
     c["pose_source"].change(
-        show_pose_image, inputs=[c["pose_source"]], outputs=[c["pose_image"]], queue=False
+        show_pose_inputs, inputs=[c["pose_source"]], outputs=[c["pose_image"], c["pose_preset"]], queue=False
+    )
+    c["face_pass_faces"].change(
+        lambda faces: gr.update(visible=faces == "index"),
+        inputs=[c["face_pass_faces"]],
+        outputs=[c["face_pass_index"]],
+        queue=False,
     )
     c["face_choice"].change(
         show_face_index, inputs=[c["face_choice"]], outputs=[c["face_index"]], queue=False
@@ -576,22 +718,19 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
         inputs=[c["ip_adapter_model"], c["identitynet_model"]],
         outputs=[c["ip_adapter_model"], c["identitynet_model"], controlnet_line],
     )
-    preview_inputs = [
-        c["images"],
-        c["pose_image"],
-        c["pose_source"],
-        c["face_choice"],
-        c["face_index"],
-        c["resize_mode"],
-        width,
-        height,
-    ]
-    preview_button.click(
-        functools.partial(run_preview, env),
-        _js=_SIZE_FROM_TAB_JS.replace("__COUNT__", str(len(preview_inputs))).replace("__TAB__", tab),
-        inputs=preview_inputs,
-        outputs=[annotated, keypoints, preview_message],
-    )
+    preview_inputs = [*(c[name] for name in PREVIEW_FIELDS), width, height]
+    preview = {
+        "fn": functools.partial(run_preview, env),
+        "_js": _SIZE_FROM_TAB_JS.replace("__COUNT__", str(len(preview_inputs))).replace("__TAB__", tab),
+        "inputs": preview_inputs,
+        "outputs": [annotated, keypoints, preview_message],
+    }
+    preview_button.click(**preview)
+    # A live preview of the keypoints while the pose is edited.
+    for name in ("pose_preset", "pose_mirror"):
+        c[name].change(**preview, queue=False)
+    for name in ("pose_rotate", "pose_scale", "pose_offset_x", "pose_offset_y"):
+        c[name].release(**preview, queue=False)
     save_button.click(
         functools.partial(save_identity, env),
         inputs=[identity_name, c["images"], c["face_choice"], c["face_index"], overwrite],

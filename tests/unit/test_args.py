@@ -80,6 +80,21 @@ def test_field_order_is_the_ui_order() -> None:
         "pose_face_choice",
         "pose_face_index",
         "show_hint",
+        "pose_preset",
+        "pose_mirror",
+        "pose_rotate",
+        "pose_scale",
+        "pose_offset_x",
+        "pose_offset_y",
+        "noise",
+        "likeness",
+        "face_pass",
+        "face_pass_faces",
+        "face_pass_index",
+        "face_pass_strength",
+        "face_pass_prompt",
+        "face_pass_padding",
+        "face_pass_resolution",
     )
 
 
@@ -267,7 +282,7 @@ def test_model_json_round_trips_through_parse() -> None:
         (
             {"pose_source": "camera"},
             "pose_source",
-            "'auto', 'reference', 'pose_image', 'init_image', 'none' (got 'camera')",
+            "'auto', 'reference', 'pose_image', 'init_image', 'preset', 'none' (got 'camera')",
         ),
         ({"resize_mode": "stretch"}, "resize_mode", "'Crop and Resize', 'Resize and Fill', 'Just Resize'"),
         ({"resize_mode": 7}, "resize_mode", "(got 7)"),
@@ -631,7 +646,7 @@ def test_repr_and_summary_never_contain_image_data() -> None:
     for text in (repr(args), str(args), args.summary()):
         assert FACE_B64[:24] not in text
         assert "base64" not in text
-        assert len(text) < 700
+        assert len(text) < 1200
     assert "<image 8×6>" in repr(args)
     assert "2 image(s) [8×6, 8×6] weighted 2.0, 1.0" in args.summary()
     assert "\n" not in args.summary()
@@ -746,7 +761,7 @@ def test_from_infotext_ranges_with_exponents() -> None:
 
 def test_infotext_labels_cover_every_non_image_field() -> None:
     labels = infotext_labels()
-    assert set(labels) == set(ARG_FIELDS) - {"images", "pose_image", "show_hint"}
+    assert set(labels) == set(ARG_FIELDS) - {"images", "pose_image", "show_hint", "likeness"}
     assert all(key == "InstantID" or key.startswith("InstantID ") for key in labels.values())
     assert labels["id_weight"] == "InstantID ID weight"
     assert labels["id_start"] == labels["id_end"] == "InstantID ID range"

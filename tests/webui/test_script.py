@@ -190,14 +190,34 @@ def test_preview_draws_faces_and_the_hint(host) -> None:
     from instantid_ext.webui import services
 
     annotated, hint, message = services.preview(
-        [face_photo()], None, "reference", "largest", 0, "Crop and Resize", 96, 64
+        {"images": [face_photo()], "pose_source": "reference"}, 96, 64
     )
     assert annotated.shape == (256, 256, 3)
     assert hint.shape == (64, 96, 3)
     assert hint.max() == 255
     assert message.startswith("Face found")
-    _, _, message = services.preview([], None, "reference", "largest", 0, "Crop and Resize", 96, 64)
+    _, _, message = services.preview({"images": [], "pose_source": "reference"}, 96, 64)
     assert "Add a reference" in message
+
+
+def test_preview_of_a_preset_with_edits_matches_the_generation_hint(host) -> None:
+    from instantid_ext.keypoints import draw_kps
+    from instantid_ext.pose_presets import PoseEdit, apply_edit, preset_kps
+    from instantid_ext.webui import services
+
+    fields = {
+        "pose_source": "preset",
+        "pose_preset": "Three-quarter left",
+        "pose_mirror": True,
+        "pose_rotate": 10,
+    }
+    annotated, hint, message = services.preview(fields, 512, 384)
+    kps = apply_edit(
+        preset_kps("three_quarter_left", (512, 384)), (512, 384), PoseEdit(mirror=True, rotate=10)
+    )
+    assert annotated is None
+    np.testing.assert_array_equal(hint, np.asarray(draw_kps((512, 384), kps)))
+    assert "512×384" in message
 
 
 def test_script_unload_removes_everything(host, unet) -> None:

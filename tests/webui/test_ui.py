@@ -156,6 +156,21 @@ def test_default_values_parse_to_the_defaults(tab: str) -> None:
         "largest",
         0,
         False,
+        "Front",
+        False,
+        0.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        True,
+        False,
+        "largest",
+        0,
+        0.4,
+        "",
+        32,
+        1024,
     ]
     assert InstantIDArgs.parse(values) == InstantIDArgs()
     # The API fills missing arguments with these and converts pasted infotext to their types.
@@ -196,6 +211,21 @@ def test_values_as_gradio_delivers_them_parse(tmp_path: Any) -> None:
         "pose_face_choice": "index",
         "pose_face_index": 1,
         "show_hint": True,
+        "pose_preset": "Profile right",
+        "pose_mirror": True,
+        "pose_rotate": -15,
+        "pose_scale": 1.2,
+        "pose_offset_x": 0.1,
+        "pose_offset_y": -0.05,
+        "noise": 0.35000000000000003,
+        "likeness": False,
+        "face_pass": True,
+        "face_pass_faces": "all",
+        "face_pass_index": 0,
+        "face_pass_strength": 0.45,
+        "face_pass_prompt": "a detailed face",
+        "face_pass_padding": 48,
+        "face_pass_resolution": 768,
     }
     values = [comps[name].preprocess(payload[name]) for name in ARG_FIELDS]
     assert all(isinstance(v, bytes) for v in values[1])
@@ -378,17 +408,7 @@ def test_preview_button_sends_the_panel_values_to_env() -> None:
     dep, fn = dependency(demo, blocks["instantid_txt2img_preview"], "click")
     inputs = [demo.blocks[i].elem_id for i in dep["inputs"]]
     assert inputs == [
-        elem_id("txt2img", name)
-        for name in (
-            "images",
-            "pose_image",
-            "pose_source",
-            "face_choice",
-            "face_index",
-            "resize_mode",
-            "preview_width",
-            "preview_height",
-        )
+        elem_id("txt2img", name) for name in (*ui.PREVIEW_FIELDS, "preview_width", "preview_height")
     ]
     outputs = [demo.blocks[i].elem_id for i in dep["outputs"]]
     assert outputs == [
@@ -400,30 +420,36 @@ def test_preview_button_sends_the_panel_values_to_env() -> None:
     hint = np.zeros((8, 8, 3), np.uint8)
     fake.preview_result = (None, hint, "Face found.")
     pose = Image.new("RGB", (10, 10))
-    out = fn([b"img"], pose, "pose_image", "index", 1.0, "Resize and Fill", 832.0, 1216.0)
+    values = [[b"img"], pose, "pose_image", "index", 1.0, "Resize and Fill", "Front", False, 0, 1.0, 0, 0]
+    out = fn(*values, "largest", 2.0, 832.0, 1216.0)
     assert out == (None, hint, "Face found.")
-    assert fake.calls[-1] == (
-        "preview",
-        ([b"img"], pose, "pose_image", "index", 1, "Resize and Fill", 832, 1216),
-    )
-    assert all(type(v) is int for v in fake.calls[-1][1][-2:])
+    name, (fields, width, height) = fake.calls[-1]
+    assert name == "preview" and (width, height) == (832, 1216)
+    assert fields["pose_image"] is pose and fields["face_index"] == 1 and fields["pose_face_index"] == 2
+    assert type(fields["face_index"]) is int and type(width) is int
+
+
+def test_pose_edits_update_the_preview_live() -> None:
+    _, demo, _ = build()
+    blocks = by_elem_id(demo)
+    for name, event in (("pose_preset", "change"), ("pose_mirror", "change"), ("pose_rotate", "release")):
+        dep, _ = dependency(demo, blocks[elem_id("txt2img", name)], event)
+        outputs = [demo.blocks[i].elem_id for i in dep["outputs"]]
+        assert outputs[1] == elem_id("txt2img", "preview_keypoints")
 
 
 def test_preview_defaults_to_1024_and_reports_errors() -> None:
     fake = FakeEnv()
     env = fake.env()
-    ui.run_preview(env, None, None, "reference", "largest", None, "Crop and Resize", None, None)
-    assert fake.calls[-1][1][4:] == (0, "Crop and Resize", 1024, 1024)
+    defaults = [ui.default_value(name) for name in ui.PREVIEW_FIELDS]
+    ui.run_preview(env, *defaults, None, None)
+    assert fake.calls[-1][1][1:] == (1024, 1024)
 
     def broken(*_: Any) -> Any:
         raise InvalidInputError("The image is unreadable.")
 
     env.preview = broken
-    assert ui.run_preview(env, [b"x"], None, "reference", "largest", 0, "Crop and Resize", 1024, 1024) == (
-        None,
-        None,
-        "⚠ The image is unreadable.",
-    )
+    assert ui.run_preview(env, *defaults, 1024, 1024) == (None, None, "⚠ The image is unreadable.")
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
@@ -436,7 +462,8 @@ const fields = {{"#{tab}_width input[type=number]": {{value: "832"}},
                 "#{tab}_height input[type=number]": {{value: "1216"}}}};
 globalThis.gradioApp = () => ({{querySelector: (sel) => fields[sel] || null}});
 const fn = ({dep["js"]});
-const inputs = ["imgs", null, "reference", "largest", 0, "Crop and Resize", 1024, 1024];
+const inputs = ["imgs", null, "reference", "largest", 0, "Crop and Resize", "Front", false, 0, 1, 0, 0,
+                "largest", 0, 1024, 1024];
 const outputs = [null, null, ""];
 const found = fn(...inputs, ...outputs);
 globalThis.gradioApp = () => ({{querySelector: () => null}});
@@ -445,8 +472,9 @@ console.log(JSON.stringify([found, missing]));
 """
     done = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True, timeout=60)
     found, missing = json.loads(done.stdout)
-    assert found == ["imgs", None, "reference", "largest", 0, "Crop and Resize", 832, 1216]
-    assert missing == ["imgs", None, "reference", "largest", 0, "Crop and Resize", 1024, 1024]
+    assert found[-2:] == [832, 1216]
+    assert found[:6] == ["imgs", None, "reference", "largest", 0, "Crop and Resize"]
+    assert missing[-2:] == [1024, 1024]  # no size sliders on the page: the defaults stay
 
 
 def test_pose_image_and_face_number_show_when_chosen() -> None:
@@ -454,10 +482,12 @@ def test_pose_image_and_face_number_show_when_chosen() -> None:
     comps = dict(zip(ARG_FIELDS, result.components, strict=True))
     assert comps["pose_image"].visible is False
     assert comps["face_index"].visible is False
+    assert comps["pose_preset"].visible is False
     dep, fn = dependency(demo, comps["pose_source"], "change")
-    assert dep["outputs"] == [comps["pose_image"]._id]
-    assert fn("pose_image")["visible"] is True
-    assert fn("reference")["visible"] is False
+    assert dep["outputs"] == [comps["pose_image"]._id, comps["pose_preset"]._id]
+    assert [u["visible"] for u in fn("pose_image")] == [True, False]
+    assert [u["visible"] for u in fn("preset")] == [False, True]
+    assert [u["visible"] for u in fn("reference")] == [False, False]
     dep, fn = dependency(demo, comps["face_choice"], "change")
     assert dep["outputs"] == [comps["face_index"]._id]
     assert fn("index")["visible"] is True
