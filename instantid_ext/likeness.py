@@ -381,9 +381,17 @@ class LikenessScorer:
         labels = [f"reference image {i + 1}" if many else "the reference image" for i in range(len(images))]
 
         def analyse(analyzer: FaceAnalyzer) -> list[Face]:
+            # As the generation chose: the face choice picks the first photo's face, further
+            # photos of the same person give their largest face.
             return [
-                analyzer.analyze_one(image, face_choice, face_index, label=label, channel_order=channel_order)
-                for image, label in zip(images, labels, strict=True)
+                analyzer.analyze_one(
+                    image,
+                    face_choice if i == 0 else "largest",
+                    face_index if i == 0 else 0,
+                    label=label,
+                    channel_order=channel_order,
+                )
+                for i, (image, label) in enumerate(zip(images, labels, strict=True))
             ]
 
         if self.independent is None:

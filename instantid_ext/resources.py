@@ -19,6 +19,7 @@ from .errors import InstantIDError
 from .face import FaceAnalyzer, resolve_providers
 from .identity import IdentityStore
 from .ip_adapter import IPAdapter, load_ip_adapter
+from .likeness import LikenessScorer
 from .models import AUTO, ModelFile, ModelInventory, check_identitynet, resolve_model, scan_models
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Resources:
         self._lock = threading.RLock()
         self._inventory: tuple[Locations, ModelInventory] | None = None
         self._adapter: tuple[tuple[str, int], IPAdapter] | None = None
+        self._scorer: tuple[tuple, LikenessScorer] | None = None
 
     @property
     def locations(self) -> Locations:
@@ -79,6 +81,18 @@ class Resources:
         locations = self.locations
         return FaceAnalyzer(find_root(locations.insightface_roots), providers=locations.providers)
 
+    def likeness_scorer(self) -> LikenessScorer:
+        """The scorer for output likeness: buffalo_l when installed, else antelopev2 (cached)."""
+        locations = self.locations
+        key = (locations.insightface_roots, locations.providers)
+        with self._lock:
+            if self._scorer is None or self._scorer[0] != key:
+                self._scorer = (
+                    key,
+                    LikenessScorer.from_roots(locations.insightface_roots, locations.providers),
+                )
+            return self._scorer[1]
+
     def identities(self) -> IdentityStore:
         return IdentityStore(self.locations.identity_dir)
 
@@ -87,6 +101,7 @@ class Resources:
         with self._lock:
             self._adapter = None
             self._inventory = None
+            self._scorer = None
 
     def status(self) -> dict[str, object]:
         """What is found and what is missing, with the paths to create (JSON-ready)."""

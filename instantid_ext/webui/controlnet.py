@@ -620,6 +620,46 @@ class ControlNetBridge:
             return None
         return param.control_model.register_forward_hook(_masking_hook(mask_of, tokens), with_kwargs=True)
 
+    @contextlib.contextmanager
+    def preserved(self, p: Any) -> Iterator[None]:
+        """Run a generation nested in ``p``'s and give ControlNet back its state for ``p`` after.
+
+        ControlNet keeps one job's state on its (shared) script object and hooks the UNet for
+        it; a nested generation's ``process`` unhooks the outer job and replaces that state.
+        Afterwards the nested network is unhooked, the outer job's units, detected maps and
+        post-processors are put back and, if the outer job was hooked, it is hooked again with
+        its own parameters, so the outer job's next batch samples as before.
+        """
+        script = self._ec.find_cn_script(getattr(p, "scripts", None))
+        if script is None:
+            yield
+            return
+        names = ("latest_network", "enabled_units", "detected_map", "post_processors", "noise_modifier")
+        missing = object()
+        saved = {name: getattr(script, name, missing) for name in names}
+        outer = saved["latest_network"]
+        outer_params = getattr(outer, "control_params", None) if outer not in (None, missing) else None
+        try:
+            yield
+        finally:
+            with self._internals("restore ControlNet after a nested generation"):
+                current = getattr(script, "latest_network", None)
+                if current is not None and current is not outer:
+                    current.restore()
+                for name, value in saved.items():
+                    if value is not missing:
+                        setattr(script, name, value)
+                if outer_params is not None and getattr(outer, "control_params", None) is None:
+                    separate, style_align = _batch_options(script)
+                    outer.hook(
+                        model=host_unet(p),
+                        sd_ldm=p.sd_model,
+                        control_params=outer_params,
+                        process=p,
+                        batch_option_uint_separate=separate,
+                        batch_option_style_align=style_align,
+                    )
+
     def mark_hires_conds(self, p: Any) -> None:
         """Mark the hires-fix prompts as cond/uncond for ControlNet; call it from ``before_hr``.
 
@@ -647,6 +687,19 @@ class ControlNetBridge:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def host_unet(p: Any) -> Any:
+    return p.sd_model.model.diffusion_model
+
+
+def _batch_options(script: Any) -> tuple[bool, bool]:
+    """ControlNet's "unit separate" and "style align" batch options, as its process reads them."""
+    state = getattr(script, "ui_batch_option_state", None) or ["", False]
+    enums = sys.modules.get("scripts.enums")
+    option = getattr(enums, "BatchOption", None)
+    separate_value = getattr(getattr(option, "SEPARATE", None), "value", "separate")
+    return state[0] == separate_value, bool(state[1])
+
+
 def _restore_slot(p: Any, handle: InjectedUnit) -> None:
     """Put the slot's original argument back if our unit is still there."""
     args = getattr(p, "script_args", None)

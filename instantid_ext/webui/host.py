@@ -182,6 +182,75 @@ def abort_job(p: Any, error: InstantIDError) -> None:
     p.setup_prompts = raise_error
 
 
+def nested_inpaint(
+    p: Any,
+    *,
+    image: Any,
+    mask: Any,
+    mask_blur: int,
+    padding: int,
+    size: int,
+    strength: float,
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    subseed: int,
+) -> Any:
+    """An "Only masked" img2img inpaint of ``image`` with ``p``'s sampler settings, not saved.
+
+    The WebUI crops the mask's box plus ``padding``, samples it at ``size``×``size`` and pastes
+    the masked (``mask_blur``-feathered) pixels back into the full image. Only the keyword
+    arguments this WebUI's processing class takes are passed (1.6 has no ``scheduler``).
+    """
+    import inspect
+
+    from modules import processing
+
+    values: dict[str, Any] = {
+        "sd_model": p.sd_model,
+        "outpath_samples": getattr(p, "outpath_samples", None),
+        "outpath_grids": getattr(p, "outpath_grids", None),
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "styles": [],
+        "seed": seed,
+        "subseed": subseed,
+        "subseed_strength": getattr(p, "subseed_strength", 0),
+        "sampler_name": getattr(p, "sampler_name", None),
+        "scheduler": getattr(p, "scheduler", None),
+        "batch_size": 1,
+        "n_iter": 1,
+        "steps": int(p.steps),
+        "cfg_scale": float(p.cfg_scale),
+        "width": int(size),
+        "height": int(size),
+        "init_images": [image],
+        "mask": mask,
+        "mask_blur": int(mask_blur),
+        "inpainting_fill": 1,  # "original": start from the face that is there
+        "resize_mode": 0,
+        "denoising_strength": float(strength),
+        "inpaint_full_res": True,
+        "inpaint_full_res_padding": int(padding),
+        "inpainting_mask_invert": 0,
+        "do_not_save_samples": True,
+        "do_not_save_grid": True,
+    }
+    cls = processing.StableDiffusionProcessingImg2Img
+    accepted = set(inspect.signature(cls).parameters)
+    return cls(**{name: value for name, value in values.items() if name in accepted and value is not None})
+
+
+def process_nested(p: Any) -> Any:
+    """Run a nested generation and close it, as the WebUI does with its own (``closing(p)``)."""
+    from modules import processing
+
+    try:
+        return processing.process_images(p)
+    finally:
+        p.close()
+
+
 def webui_version() -> str:
     """The WebUI's version tag (e.g. ``v1.10.1``), or "unknown"."""
     try:

@@ -30,6 +30,7 @@ from ..args import InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError, NoFaceError
 from ..ip_adapter import IPAdapter
 from ..ip_attention import IPAttentionPatch, PrecomputedKV, RowRouter
+from ..likeness import format_infotext, format_summary
 from ..models import ModelFile, short_hash
 from ..pipeline import (
     ORIGIN_TEXT,
@@ -44,17 +45,20 @@ from ..pipeline import (
 )
 from ..pose_presets import PoseEdit
 from ..resources import Resources
-from . import frames, host
+from . import face_pass, frames, host
 from .job import Job
 
 logger = logging.getLogger(__name__)
+
+LIKENESS_KEY = "InstantID likeness"
 
 
 class Run(Job):
     """What one InstantID generation prepared, on top of the :class:`Job` life cycle."""
 
-    def __init__(self, p: Any, args: InstantIDArgs) -> None:
+    def __init__(self, p: Any, args: InstantIDArgs, resources: Resources) -> None:
         super().__init__(p, args)
+        self.resources = resources
         self.conditioning: FaceConditioning | None = None
         self.tokens: FaceTokens | None = None
         self.adapter: IPAdapter | None = None
@@ -72,6 +76,9 @@ class Run(Job):
         self.pass_name = "first"
         self.patch: IPAttentionPatch | None = None
         self.noise_seed: int | None = None
+        self.likeness_reference: Any = None
+        self.scores: list[tuple[int, Any]] = []
+        """(image index, LikenessResult) for each scored output."""
         self.own("the face keys/values", self.precomputed.clear)
 
     def close(self) -> None:
@@ -252,6 +259,51 @@ class Run(Job):
 
         return on_cfg_denoiser
 
+    # -- postprocess_image: the face pass and the likeness score -------------------------------
+    def postprocess_image(self, p: Any, pp: Any, script: Any) -> None:
+        """Restyle the face(s) of one finished image if asked, then score its likeness."""
+        index = face_pass.image_index(p)
+        if self.args.face_pass:
+            pp.image = face_pass.restyle_faces(self, p, script, pp.image, index)
+        if self.args.likeness:
+            self._score(p, pp.image, index)
+
+    def _score(self, p: Any, image: Image.Image, index: int) -> None:
+        scorer = self.resources.likeness_scorer()
+        if self.likeness_reference is None:
+            assert self.conditioning is not None
+            args = self.args
+            identity_kps = None
+            if args.identity and self.pose is not None and self.pose.origin == "identity":
+                identity_kps = self.pose.kps
+            self.likeness_reference = scorer.reference(
+                self.conditioning.embedding,
+                [] if args.identity else args.images,
+                weights=list(args.image_weights) or None,
+                face_choice=args.face_choice,
+                face_index=args.face_index,
+                kps=identity_kps,
+            )
+        result = scorer.score(image, self.likeness_reference, label=f"output image {index + 1}")
+        self.scores.append((index, result))
+        # Written per image: the WebUI builds each image's infotext right after this hook.
+        p.extra_generation_params[LIKENESS_KEY] = format_infotext(result)
+        logger.info("Image %d: %s", index + 1, format_summary(result))
+        comment = getattr(p, "comment", None)
+        if callable(comment):
+            comment(f"InstantID image {index + 1}: {format_summary(result)}")
+
+    # -- nested generations ----------------------------------------------------------------------
+    def controlnet_script(self, p: Any) -> Any:
+        """ControlNet's script object in ``p``'s runner, or None."""
+        if self.bridge is None:
+            return None
+        return self.bridge._ec.find_cn_script(getattr(p, "scripts", None))
+
+    def preserve_controlnet(self, p: Any) -> contextlib.AbstractContextManager[None]:
+        """Around a nested generation: ControlNet's state for this job comes back after it."""
+        return self.bridge.preserved(p) if self.bridge is not None else contextlib.nullcontext()
+
     # -- results -----------------------------------------------------------------------------
     def hint_output(self) -> Image.Image | None:
         """The keypoint image IdentityNet received in the first pass, for "show the hint"."""
@@ -305,7 +357,7 @@ def _resolve_pose(run: Run, p: Any, conditioning: FaceConditioning, resources: R
 def start(p: Any, args: InstantIDArgs, resources: Resources) -> Run:
     """Prepare a generation; raises InstantIDError (the job undone) on bad input."""
     started = time.perf_counter()
-    run = Run(p, args)
+    run = Run(p, args, resources)
     try:
         _prepare(run, p, resources)
     except BaseException:

@@ -89,5 +89,19 @@ class InstantIDScript(scripts.Script):
         except InstantIDError as err:
             job.fail(err)
 
+    def postprocess_image(self, p: Any, pp: Any, *args: Any) -> None:
+        job = run.run_of(p)
+        if job is None:
+            return
+        try:
+            job.postprocess_image(p, pp, self)
+        except InstantIDError as err:  # the image is kept as generated
+            job.warn(str(err))
+        except Exception as err:
+            _unexpected(err, "post-processing an image")
+            job.warn(
+                "The face pass or likeness score failed unexpectedly (see the console); the image is kept."
+            )
+
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         run.finish(p, processed)
