@@ -20,7 +20,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from modules import paths, shared
 
 from ..errors import IncompatibleModelError, InstantIDError
-from ..models import set_hash_store
+from ..file_hashes import set_hash_store
 from ..resources import Locations
 from ..sdxl_layers import sdxl_attn2_layers
 

@@ -452,11 +452,11 @@ class _CountingStore:
 
 @pytest.fixture
 def fresh_hashes(monkeypatch: pytest.MonkeyPatch):
-    from instantid_ext import models
+    from instantid_ext import file_hashes
 
-    monkeypatch.setattr(models, "_HASHES", {})
-    yield models
-    models.set_hash_store(None)
+    monkeypatch.setattr(file_hashes, "_HASHES", {})
+    yield file_hashes
+    file_hashes.set_hash_store(None)
 
 
 def test_short_hash_comes_from_the_store_when_it_has_one(tmp_path: Path, fresh_hashes) -> None:
