@@ -168,22 +168,23 @@ def _pip(requirement: str) -> str:
     return f'"{sys.executable}" -m pip install "{requirement}"'
 
 
-def _import_error(package: Package) -> str | None:
-    """Why ``package`` cannot be imported here, or None (imports it: catches broken installs)."""
+def _import_problem(package: Package) -> str | None:
+    """Why ``package`` cannot be imported here, as a sentence, or None (imports it: catches
+    broken installs, e.g. OpenCV without its system libraries)."""
     if package.module == "insightface":
         try:
             from .face import _import_insightface
 
             _import_insightface()
-        except ImportError as err:  # numpy itself is missing: face.py cannot be imported
-            return f"{type(err).__name__}: {err}"
-        except InstantIDError as err:
+        except InstantIDError as err:  # says which dependency is missing and how to install it
             return str(err)
+        except ImportError as err:  # numpy itself is missing: face.py cannot be imported
+            return f"insightface cannot be checked without numpy ({type(err).__name__}: {err})"
         return None
     try:
         importlib.import_module(package.module)
     except Exception as err:  # a broken install raises anything (ImportError, OSError for a DLL, ...)
-        return f"{type(err).__name__}: {err}"
+        return f"{package.label} is installed but cannot be imported ({type(err).__name__}: {err})"
     if package.module == "pydantic":
         try:
             importlib.import_module("pydantic.v1")
@@ -226,9 +227,7 @@ def check_package(package: Package) -> dict[str, Any]:
             f"{package.label} {version} is older than {package.minimum}; upgrade it with: {_pip(requirement)}"
         )
         return result
-    error = _import_error(package)
-    if error:
-        result["problem"] = f"{package.label} is installed but cannot be imported ({error})"
+    result["problem"] = _import_problem(package)
     return result
 
 
