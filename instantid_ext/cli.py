@@ -167,6 +167,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         help="the WebUI's models folder (default: ./models, else the WebUI this extension is installed in)",
     )
     parser.add_argument(
+        "--instantid-dir",
+        type=Path,
+        default=default,
+        help="InstantID's folder if the WebUI has --instantid-models-dir (default: <models>/instantid)",
+    )
+    parser.add_argument(
         "--insightface-dir",
         type=Path,
         default=default,
@@ -254,7 +260,9 @@ def _emit(args: argparse.Namespace, out: TextIO, data: Any, text: Callable[[Text
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    layout = make_layout(args.models_dir, args.insightface_dir, args.providers)
+    layout = make_layout(
+        args.models_dir, args.insightface_dir, args.providers, instantid_dir=args.instantid_dir
+    )
     if args.command == "doctor":
         if args.hash_cache is not None:
             set_hash_store(JsonHashStore(args.hash_cache))

@@ -81,11 +81,14 @@ def make_layout(
     providers: str = "cpu",
     cwd: Path | None = None,
     package_dir: Path = PACKAGE_DIR,
+    instantid_dir: Path | None = None,
 ) -> Layout:
-    """The same search order as the extension in the WebUI: InstantID's folder, then ControlNet's."""
+    """The same search order as the extension in the WebUI: InstantID's folder (``instantid_dir``
+    is the WebUI's ``--instantid-models-dir``), then ControlNet's."""
     models, found_by = find_models_dir(models_dir, cwd or Path.cwd(), package_dir)
     controlnet = _controlnet_extension(models.parent)
-    model_dirs = [models / "instantid", models / "ControlNet"]
+    ours = instantid_dir.expanduser() if instantid_dir is not None else models / "instantid"
+    model_dirs = [ours, models / "ControlNet"]
     annotator = None
     if controlnet is not None:
         model_dirs.append(controlnet / "models")
@@ -96,7 +99,7 @@ def make_layout(
         found_by=found_by,
         model_dirs=tuple(model_dirs),
         insightface_roots=tuple(roots),
-        identity_dir=models / "instantid" / "identities",
+        identity_dir=ours / "identities",
         providers=providers,
     )
 

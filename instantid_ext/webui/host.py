@@ -258,15 +258,16 @@ def api_dependencies() -> list[Any]:
         password = users.get(credentials.username)
         return password is not None and compare_digest(credentials.password.encode(), password.encode())
 
-    def refuse() -> HTTPException:
-        return HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Basic"})
+    def refuse(credentials: HTTPBasicCredentials | None) -> HTTPException:
+        detail = UNAUTHORIZED if credentials is not None else "Not authenticated"  # as FastAPI's HTTPBasic
+        return HTTPException(401, detail, headers={"WWW-Authenticate": "Basic"})
 
     api_users = api_credentials()
     if api_users:
 
         def check_api(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> None:  # noqa: B008
             if not matches(api_users, credentials):
-                raise refuse()
+                raise refuse(credentials)
 
         return [Depends(check_api)]
     if gradio_auth_enabled():
@@ -279,7 +280,7 @@ def api_dependencies() -> list[Any]:
         ) -> None:
             if matches(ui_users, credentials) or _ui_login_user(request) is not None:
                 return
-            raise refuse()
+            raise refuse(credentials)
 
         return [Depends(check_ui)]
     return []

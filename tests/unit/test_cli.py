@@ -196,6 +196,9 @@ def test_models_folder_is_found_from_where_the_command_runs(tmp_path: Path) -> N
     layout = make_layout(None, cwd=webui, package_dir=package)
     assert layout.model_dirs == (webui / "models" / "instantid", webui / "models" / "ControlNet")
     assert layout.identity_dir == webui / "models" / "instantid" / "identities"
+    moved = make_layout(None, cwd=webui, package_dir=package, instantid_dir=tmp_path / "mine")
+    assert moved.model_dirs[0] == tmp_path / "mine"
+    assert moved.identity_dir == tmp_path / "mine" / "identities"
 
 
 def test_doctor_uses_the_current_folder(complete_webui: Path, monkeypatch: pytest.MonkeyPatch) -> None:
