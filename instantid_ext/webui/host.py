@@ -1,8 +1,10 @@
 """Every use of the WebUI's own modules, in one place, with the version differences handled.
 
-Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1. The rest of :mod:`instantid_ext.webui`
-asks this module for paths, options and model checks instead of importing ``modules.*``,
-which keeps the glue testable with a small stand-in of these few names.
+Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1; Forge and its forks are recognised and
+refused (:func:`forge_message`). The rest of :mod:`instantid_ext.webui` asks this module for
+paths, options, model checks, the protection of our HTTP routes (the WebUI's own
+``--api-auth``/``--gradio-auth``) and the WebUI's hash cache instead of importing
+``modules.*``, which keeps the glue testable with a small stand-in of these few names.
 """
 
 from __future__ import annotations
