@@ -59,27 +59,36 @@ def _has_required(folder: Path) -> bool:
     return folder.is_dir() and all((folder / name).is_file() for name in REQUIRED_FILES)
 
 
-def _check_file_contents(folder: Path) -> None:
-    """Catch the two broken-download cases that look like files: empty files and Git LFS pointers."""
-    for name in REQUIRED_FILES:
+def check_file_contents(
+    folder: Path,
+    files: Iterable[str] = REQUIRED_FILES,
+    pack: str = PACK_NAME,
+    hint: str = DOWNLOAD_HINT,
+) -> None:
+    """Catch the two broken-download cases that look like files: empty files and Git LFS pointers.
+
+    ``files``, ``pack`` and ``hint`` let other insightface packs (see :mod:`.face_packs`) share
+    the check; the defaults are this pack's.
+    """
+    for name in files:
         path = folder / name
         try:
             size = path.stat().st_size
             head = path.read_bytes()[:64] if size < 2048 else b""
         except OSError as exc:
-            msg = f"The antelopev2 model file '{path}' cannot be read ({exc}). Check its permissions."
+            msg = f"The {pack} model file '{path}' cannot be read ({exc}). Check its permissions."
             raise ModelFileError(msg) from exc
         if size == 0:
             msg = (
-                f"The antelopev2 model file '{path}' is empty (0 bytes): the download was interrupted. "
-                f"Download {name} again and replace it. {DOWNLOAD_HINT}"
+                f"The {pack} model file '{path}' is empty (0 bytes): the download was interrupted. "
+                f"Download {name} again and replace it. {hint}"
             )
             raise ModelFileError(msg)
         if head.startswith(_LFS_POINTER_PREFIX):
             msg = (
-                f"The antelopev2 model file '{path}' is a Git LFS pointer, not the model "
+                f"The {pack} model file '{path}' is a Git LFS pointer, not the model "
                 "(the repository was cloned without Git LFS). Download the real file "
-                f"({name}, several MB) and replace it. {DOWNLOAD_HINT}"
+                f"({name}, several MB) and replace it. {hint}"
             )
             raise ModelFileError(msg)
 
@@ -141,7 +150,7 @@ def validate_root(root: RootLike) -> Path:
     target = pack_dir(root)
     if not target.is_dir():
         raise ModelFileError(_absent_message([root]))
-    _check_file_contents(target)
+    check_file_contents(target)
     return target.resolve()
 
 

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 FaceChoice = Literal["largest", "index", "highest_score"]
-PoseSource = Literal["reference", "pose_image", "none"]
+PoseSource = Literal["auto", "reference", "pose_image", "init_image", "none"]
 ResizeModeName = Literal["Crop and Resize", "Resize and Fill", "Just Resize"]
 
 INFOTEXT_PREFIX = "InstantID"
@@ -134,8 +134,12 @@ class InstantIDArgs(BaseModel):
         infotext="face index",
     )
     pose_source: PoseSource = Field(
-        "reference",
-        description="Where the IdentityNet keypoints come from: the reference face, pose_image, or none.",
+        "auto",
+        description=(
+            "Where the IdentityNet keypoints come from: 'auto' (img2img: the face in the init image, "
+            "under the inpaint mask if there is one; txt2img: the reference face), 'reference', "
+            "'pose_image', 'init_image' (img2img only) or 'none' (free pose)."
+        ),
         infotext="pose",
     )
     pose_image: ReferenceImage | None = Field(
@@ -198,6 +202,25 @@ class InstantIDArgs(BaseModel):
         False,
         description="Apply face tokens and IdentityNet only inside the face box; the prompt rules the rest.",
         infotext="face region only",
+    )
+    pose_face_choice: FaceChoice = Field(
+        "largest",
+        description=(
+            "Which face of the pose image or of the img2img init image gives the keypoints "
+            "(with an inpaint mask, the face under the mask is used)."
+        ),
+        infotext="pose face choice",
+    )
+    pose_face_index: int = Field(
+        0,
+        ge=0,
+        le=31,
+        description="With pose_face_choice 'index': faces of the pose/init image, left to right from 0.",
+        infotext="pose face index",
+    )
+    show_hint: bool = Field(
+        False,
+        description="Also return the keypoint image IdentityNet received, as an extra output image.",
     )
 
     class Config:
@@ -290,7 +313,7 @@ class InstantIDArgs(BaseModel):
         except InvalidInputError as err:
             raise ValueError(str(err)) from err
 
-    @validator("face_choice", "pose_source", pre=True)
+    @validator("face_choice", "pose_source", "pose_face_choice", pre=True)
     @classmethod
     def _choice_spelling(cls, value: object) -> object:
         """'Highest score', 'pose-image' and 'None' mean the listed choices."""
@@ -298,7 +321,7 @@ class InstantIDArgs(BaseModel):
             return "_".join(value.strip().lower().replace("-", " ").split())
         return value
 
-    @validator("face_index", pre=True)
+    @validator("face_index", "pose_face_index", pre=True)
     @classmethod
     def _whole_number(cls, value: object) -> object:
         """Gradio sliders send 2.0 for 2; 2.5 is an error, not a silent 2."""

@@ -1,4 +1,4 @@
-"""Face detection and identity embeddings with insightface's ``antelopev2`` pack.
+"""Face detection and identity embeddings with insightface's ``antelopev2`` pack (or another).
 
 InstantID conditions on two things from a face photo: the raw 512-d ArcFace embedding (fed to
 the Resampler) and the 5 keypoints (drawn for IdentityNet). Both come from insightface, which
@@ -9,6 +9,8 @@ this module wraps so that the rest of the extension sees plain frozen :class:`Fa
 * The pack layout is checked first (:mod:`.antelopev2`), so insightface never tries to download.
 * Loaded models are cached per (pack folder, providers); results per image, so re-running a
   generation with the same reference photo does not run ONNX again.
+* antelopev2 is the default pack; the same machinery loads the other packs of
+  :mod:`.face_packs` (``buffalo_l``, which the likeness score uses as a second recognizer).
 * A face the detector misses at 640 (typically a tight crop) is searched again on a padded
   copy at detector sizes 640 → 192, as the ComfyUI and Forge ports do.
 
@@ -33,8 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .antelopev2 import validate_root
 from .errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
+from .face_packs import ANTELOPEV2, FacePack, validate_pack
 from .images import ChannelOrder, ImageLike, to_bgr_array
 
 logger = logging.getLogger(__name__)
@@ -216,6 +218,7 @@ class _Loaded:
     recognizer: Any
     face_cls: Any
     lock: threading.Lock
+    pack: FacePack = ANTELOPEV2
 
 
 _APPS: dict[tuple[str, tuple[str, ...]], _Loaded] = {}
@@ -234,8 +237,9 @@ def clear_cache() -> None:
         _WARNED.clear()
 
 
-def _load(pack: Path, providers: tuple[str, ...]) -> _Loaded:
-    """Build insightface's ``FaceAnalysis`` for ``pack`` (detector + recognizer only)."""
+def _load(pack: Path, providers: tuple[str, ...], spec: FacePack = ANTELOPEV2) -> _Loaded:
+    """Build insightface's ``FaceAnalysis`` for the ``spec`` pack in folder ``pack`` (detector +
+    recognizer only)."""
     face_analysis_cls, face_cls = _import_insightface()
     # The pack folder is passed as an absolute ``name``: insightface 2.x would otherwise first
     # try a folder called "antelopev2" in the current directory, and 0.7.3 joins an absolute
@@ -254,7 +258,7 @@ def _load(pack: Path, providers: tuple[str, ...]) -> _Loaded:
             app.prepare(ctx_id=0, det_thresh=DET_THRESH, det_size=(DET_SIZE, DET_SIZE))
     except Exception as exc:
         msg = (
-            f"insightface could not load the antelopev2 face models in '{pack}' "
+            f"insightface could not load the {spec.name} face models in '{pack}' "
             f"({type(exc).__name__}: {exc}). A file is probably damaged or incomplete: "
             "download the pack again and replace the files."
         )
@@ -264,11 +268,11 @@ def _load(pack: Path, providers: tuple[str, ...]) -> _Loaded:
             if line.strip():
                 logger.debug("insightface: %s", line.strip())
     models = getattr(app, "models", {})
-    for task, filename in (("detection", "scrfd_10g_bnkps.onnx"), ("recognition", "glintr100.onnx")):
+    for task, filename in (("detection", spec.detector), ("recognition", spec.recognizer)):
         if task not in models:
             msg = (
                 f"insightface found no {task} model among the files in '{pack}'. "
-                f"Replace {filename} with the file from the antelopev2 pack."
+                f"Replace {filename} with the file from the {spec.name} pack."
             )
             raise ModelFileError(msg)
     # insightface's face_align calls a scikit-image method deprecated in 0.26; the warning is
@@ -277,7 +281,8 @@ def _load(pack: Path, providers: tuple[str, ...]) -> _Loaded:
         "ignore", message=".*`estimate` is deprecated", category=FutureWarning, module=r"insightface\."
     )
     logger.info(
-        "Loaded the antelopev2 face models from %s on %s in %.1f s",
+        "Loaded the %s face models from %s on %s in %.1f s",
+        spec.name,
         pack,
         ", ".join(providers),
         time.perf_counter() - started,
@@ -289,15 +294,16 @@ def _load(pack: Path, providers: tuple[str, ...]) -> _Loaded:
         recognizer=models["recognition"],
         face_cls=face_cls,
         lock=threading.Lock(),
+        pack=spec,
     )
 
 
-def _get_loaded(pack: Path, providers: tuple[str, ...]) -> _Loaded:
-    key = (str(pack), providers)
+def _get_loaded(pack: Path, providers: tuple[str, ...], spec: FacePack = ANTELOPEV2) -> _Loaded:
+    key = (str(pack), providers)  # each pack has its own folder, <root>/models/<pack name>
     with _APPS_LOCK:
         loaded = _APPS.get(key)
         if loaded is None:
-            loaded = _load(pack, providers)
+            loaded = _load(pack, providers, spec)
             _APPS[key] = loaded
         return loaded
 
@@ -332,9 +338,10 @@ def _run(loaded: _Loaded, bgr: np.ndarray, size: int, offset: int = 0) -> list[F
     with loaded.lock:
         bboxes, kpss = loaded.detector.detect(bgr, input_size=(size, size), max_num=0, metric="default")
         if bboxes.shape[0] and kpss is None:
+            spec = loaded.pack
             msg = (
-                "The antelopev2 face detector returned no keypoints: the detector file is not "
-                "scrfd_10g_bnkps.onnx. Replace it with the file from the antelopev2 pack."
+                f"The {spec.name} face detector returned no keypoints: the detector file is not "
+                f"{spec.detector}. Replace it with the file from the {spec.name} pack."
             )
             raise ModelFileError(msg)
         faces: list[Face] = []
@@ -343,9 +350,10 @@ def _run(loaded: _Loaded, bgr: np.ndarray, size: int, offset: int = 0) -> list[F
             loaded.recognizer.get(bgr, record)
             embedding = np.asarray(record.embedding, dtype=np.float32).reshape(-1)
             if embedding.shape != (EMBEDDING_DIM,):
+                spec = loaded.pack
                 msg = (
-                    f"The antelopev2 face recognizer returned a {embedding.shape[0]}-d embedding "
-                    f"instead of {EMBEDDING_DIM}-d: replace glintr100.onnx with the file from the pack."
+                    f"The {spec.name} face recognizer returned a {embedding.shape[0]}-d embedding "
+                    f"instead of {EMBEDDING_DIM}-d: replace {spec.recognizer} with the file from the pack."
                 )
                 raise ModelFileError(msg)
             shift = np.float32(offset)
@@ -367,15 +375,20 @@ class FaceAnalyzer:
     ``root`` is the folder holding ``models/antelopev2/`` (insightface's convention).
     Construction is cheap: files are checked and models loaded on the first :meth:`analyze`.
     ``providers``: "cpu" (default), "cuda", "rocm", "coreml", ONNX Runtime provider names, or a
-    list of them; unavailable ones fall back to the CPU with one warning.
+    list of them; unavailable ones fall back to the CPU with one warning. ``pack`` selects
+    another insightface pack of :mod:`.face_packs` (``models/<pack name>/`` under ``root``).
     """
 
-    def __init__(self, root: str | Path, providers: ProvidersLike = "cpu") -> None:
+    def __init__(
+        self, root: str | Path, providers: ProvidersLike = "cpu", pack: FacePack = ANTELOPEV2
+    ) -> None:
         self.root = Path(root).expanduser()
         self._requested = _normalize_providers(providers)
+        self.pack = pack
 
     def __repr__(self) -> str:
-        return f"FaceAnalyzer(root={str(self.root)!r}, providers={list(self._requested)!r})"
+        extra = "" if self.pack == ANTELOPEV2 else f", pack={self.pack.name!r}"
+        return f"FaceAnalyzer(root={str(self.root)!r}, providers={list(self._requested)!r}{extra})"
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -387,8 +400,8 @@ class FaceAnalyzer:
         self._loaded()
 
     def _loaded(self) -> _Loaded:
-        pack = validate_root(self.root)
-        return _get_loaded(pack, self.providers)
+        folder = validate_pack(self.root, self.pack)
+        return _get_loaded(folder, self.providers, self.pack)
 
     def analyze(
         self, image: ImageLike, channel_order: ChannelOrder = "rgb", *, label: str = "the image"

@@ -237,6 +237,12 @@ class IPAttentionPatch:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """Use another region mask from the next layer call on (e.g. the hires canvas's)."""
+        with self._lock:
+            self.mask = None if mask is None else mask.detach().float()
+            self._mask_cache.clear()
+
     # -- per-step work ------------------------------------------------------------------
     @property
     def active(self) -> bool:

@@ -13,8 +13,7 @@ from typing import Any
 from modules import script_callbacks
 
 from .. import __version__
-from ..ip_attention import remove_all_patches
-from . import host, run, settings
+from . import host, job, settings
 from .services import controlnet_status, face_keypoints_for_controlnet, resources
 
 logger = logging.getLogger("instantid_ext")
@@ -34,8 +33,10 @@ def configure_logging() -> None:
 
 
 def on_script_unloaded() -> None:
-    run.cleanup_stale()
-    remove_all_patches()
+    """The WebUI reloads its scripts: undo whatever generation is still open."""
+    closed = job.close_all()
+    if closed:
+        logger.warning("Closed %d InstantID generation(s) still open when the scripts were reloaded", closed)
 
 
 def api_info() -> dict[str, Any]:
@@ -65,8 +66,7 @@ def register_controlnet_preprocessor() -> None:
         bridge = ControlNetBridge.detect()
     except DependencyError:
         return
-    bridge.set_face_detector(face_keypoints_for_controlnet)
-    bridge.register_preprocessor()
+    bridge.register_preprocessor(face_keypoints_for_controlnet)
 
 
 _REPORTED_HOST: list[str] = []
@@ -84,7 +84,6 @@ def register_callbacks() -> None:
     configure_logging()
     report_unsupported_host()
     host.use_webui_hash_cache()
-    script_callbacks.on_cfg_denoiser(run.on_cfg_denoiser)
     script_callbacks.on_script_unloaded(on_script_unloaded)
     script_callbacks.on_app_started(on_app_started)
     script_callbacks.on_ui_settings(settings.add_settings)

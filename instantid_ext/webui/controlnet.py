@@ -2,17 +2,24 @@
 
 IdentityNet is an SDXL ControlNet whose cross-attention context is the 16 face tokens
 instead of the prompt. ControlNet can run such a model (its own InstantID mode), but only
-for files whose path contains ``instant_id`` and only right after an IP-Adapter unit. So we
-let ControlNet load our file as a *plain* ControlNet under a neutral path, put one enabled
-unit into a free ControlNet slot of the job, and once ControlNet has built its per-unit
-parameters we switch that unit (and only it) to ControlNet's InstantID context path with
-our face tokens.
+for files whose path contains ``instant_id`` and only right after an IP-Adapter unit. So a
+job lets ControlNet run our file as a *plain* ControlNet, puts one enabled unit into a free
+ControlNet slot, and once ControlNet has built its per-unit parameters switches that unit
+(and only it) to ControlNet's InstantID context path with our face tokens and our hint,
+drawn in the coordinates the sampler really uses.
+
+One copy of IdentityNet in memory: when ControlNet lists the file under a name it types as
+a plain ControlNet, the job uses that very name, so ControlNet's model cache holds one entry
+shared with any unit of the user's. Otherwise (the file's path contains ``instant_id``) the
+job registers a name of its own and, for the duration of the job, lets ControlNet's loader
+build that name from the network ControlNet already holds for the same file, typed as a
+plain ControlNet. No file is created or renamed.
 
 ControlNet is reached only through ``sys.modules``: importing it by a dotted extension path
 would create a second copy of its modules (and of its registries). If it is missing or
 older than :data:`MIN_CONTROLNET`, :meth:`ControlNetBridge.detect` raises one
-:class:`DependencyError` naming the version to install. Every change we make to the job or
-to ControlNet is recorded and undone by :meth:`ControlNetBridge.cleanup`.
+:class:`DependencyError` naming the version to install. Every change a job makes to the job
+or to ControlNet is registered with that job (:class:`Owner`) and undone when it closes.
 
 ControlNet internals used (identical from 1.1.444 to 1.1.455 unless noted):
 
@@ -20,10 +27,13 @@ ControlNet internals used (identical from 1.1.444 to 1.1.455 unless noted):
 - ``scripts.external_code``: ``ControlNetUnit``, ``ResizeMode``, ``ControlMode``,
   ``find_cn_script``, ``to_processing_unit`` (a dict without ``enabled`` is enabled at
   1.1.444-1.1.447 and disabled from 1.1.448 on).
-- ``scripts.global_state.cn_models``: the model key -> file path dict ControlNet loads from.
+- ``scripts.global_state.cn_models``: the model name -> file path dict ControlNet loads from.
+- The ControlNet ``Script`` class: ``model_cache`` (name -> ``ControlModel(model, type)``)
+  and the static ``build_control_model(p, unet, name)`` its ``load_control_model`` calls.
 - ``scripts.supported_preprocessor.Preprocessor`` (added in 1.1.444): the preprocessor registry.
 - ``scripts.hook``: ``ControlModelType``, ``ImageEmbed`` (the class ``UnetHook`` checks with
-  ``isinstance``) and ``mark_prompt_context``.
+  ``isinstance``) and ``mark_prompt_context``; ``ControlParams.hint_cond`` (a setter that
+  makes the hook re-read it), ``hr_hint_cond`` and, from 1.1.446, ``effective_region_mask``.
 - The ControlNet script object: ``args_from``/``args_to``, ``enabled_units`` and
   ``latest_network.control_params`` (one ``ControlParams`` per enabled unit, same order).
 """
@@ -37,12 +47,11 @@ import logging
 import os
 import re
 import sys
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,12 +75,10 @@ PREPROCESSOR_TAG = "Instant-ID"
 #: ControlNet types a model as InstantID (and then demands an IP-Adapter unit before it)
 #: when this appears anywhere in the lower-cased path of the file it loads.
 CN_INSTANTID_PATH_MARK = "instant_id"
-#: Stem of the model key. "xl" makes ControlNet's version check see an SDXL model; no
-#: "instant_id", "shuffle", "sd15" or punctuation that ControlNet's infotext refuses.
+#: Stem of the model name a job registers when ControlNet's own name for the file would be
+#: typed InstantID. "xl" makes ControlNet's version check see an SDXL model; no "instant_id",
+#: "shuffle", "sd15" or punctuation that ControlNet's infotext refuses.
 MODEL_KEY_STEM = "InstantID-IdentityNet-SDXL"
-LINK_PREFIX = "identitynet-"
-#: Where neutral links go when the caller names no folder (inside this extension).
-DEFAULT_LINK_DIR = Path(__file__).resolve().parents[2] / "cache" / "controlnet"
 
 _INSTALL = (
     "Install sd-webui-controlnet {min} or newer from the Extensions tab (Available → ControlNet, "
@@ -95,6 +102,12 @@ _INFOTEXT_KEY = re.compile(r"ControlNet (\d+)")
 _INTERNAL_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError, AssertionError)
 
 
+class Owner(Protocol):
+    """Who answers for a change (a job): ``own`` records how to undo it."""
+
+    def own(self, what: str, undo: Callable[[], None]) -> None: ...
+
+
 def _fmt(version: Version | None) -> str:
     return "of unknown version" if version is None else ".".join(map(str, version))
 
@@ -110,25 +123,12 @@ def parse_version(flag: object) -> Version | None:
 
 
 # -- the keypoint preprocessor ------------------------------------------------------------
-_FACE_DETECTOR: FaceDetector | None = None
-
-
-def set_face_detector(fn: FaceDetector | None) -> None:
-    """Give the "InstantID keypoints" preprocessor its face detector.
-
-    The preprocessor lives in ControlNet's process-wide registry and outlives any bridge,
-    so the detector is process-wide too. ``fn`` takes an RGB uint8 image and returns the
-    5×2 keypoints of its largest face, or None when there is no face.
-    """
-    global _FACE_DETECTOR
-    _FACE_DETECTOR = fn
-
-
-def keypoint_image(image: np.ndarray) -> np.ndarray:
+def keypoint_image(image: np.ndarray, detector: FaceDetector | None) -> np.ndarray:
     """The IdentityNet hint for ``image``: its largest face's keypoints drawn at its size.
 
     Used by "InstantID keypoints" when someone picks it in ControlNet's own panel; our
-    own unit never goes through it (see :meth:`ControlNetBridge.inject_unit`).
+    own unit never goes through it (see :meth:`ControlNetBridge.inject_unit`). ``detector``
+    takes an RGB uint8 image and returns the 5×2 keypoints of its largest face, or None.
     """
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
@@ -137,7 +137,6 @@ def keypoint_image(image: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
     rgb = np.ascontiguousarray(array[..., :3])  # the /detect route may hand over RGBA
-    detector = _FACE_DETECTOR
     if detector is None:
         msg = (
             "InstantID keypoints cannot detect faces: InstantID's face analysis is not set up "
@@ -157,17 +156,19 @@ def _keypoint_preprocessor_class(base: type, parameter: type) -> type:
 
     Deliberately **not** a dataclass: ``@dataclass`` would generate ``__eq__`` and drop the
     base's name-based ``__hash__``, breaking ControlNet's lru-cache and its
-    ``unload_unused`` set.
+    ``unload_unused`` set. The face detector lives on the instance, which ControlNet's
+    registry keeps for the life of the process.
     """
 
     class InstantIDKeypoints(base):  # type: ignore[misc, valid-type]
         instantid_owned = True
 
-        def __init__(self) -> None:
+        def __init__(self, detector: FaceDetector | None) -> None:
             super().__init__(name=PREPROCESSOR_NAME)
             self._label = PREPROCESSOR_LABEL
             self.tags = [PREPROCESSOR_TAG]
             self.returns_image = True
+            self.detector = detector
             # The keypoints are drawn at the input's own size; a resolution would do nothing.
             self.slider_resolution = parameter(
                 label="Resolution", minimum=64, maximum=2048, value=512, step=8, visible=False
@@ -184,7 +185,7 @@ def _keypoint_preprocessor_class(base: type, parameter: type) -> type:
             **kwargs: Any,
         ) -> np.ndarray:
             # A plain ndarray, not ``Preprocessor.Result``: the latter only exists from 1.1.446.
-            return keypoint_image(input_image)
+            return keypoint_image(input_image, self.detector)
 
         def unload(self) -> bool:
             # ControlNet calls unload() on every preprocessor each run (1.1.446+); our
@@ -194,18 +195,10 @@ def _keypoint_preprocessor_class(base: type, parameter: type) -> type:
     return InstantIDKeypoints
 
 
-# -- run state ----------------------------------------------------------------------------
-def _ref(obj: Any) -> Callable[[], Any]:
-    """A weak reference when ``obj`` allows one (the WebUI's ``p`` does), else a strong one."""
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
-
-
+# -- a job's unit -------------------------------------------------------------------------
 @dataclass(eq=False)
 class InjectedUnit:
-    """Our unit in one job: where it sits in ``p.script_args`` and how to put things back."""
+    """Our unit in one job: where it sits in ``p.script_args`` and what ControlNet made of it."""
 
     slot: int
     """Index in ``p.script_args``."""
@@ -220,48 +213,9 @@ class InjectedUnit:
     weight: float
     guidance_start: float
     guidance_end: float
-    restored: bool = False
-    _param_undo: list[tuple[Any, dict[str, Any]]] = field(default_factory=list, repr=False)
-    _hooks: list[Any] = field(default_factory=list, repr=False)
-    """Forward hooks we put on ControlNet's cached IdentityNet model (the face-region mask)."""
+    param: Any = None
+    """ControlNet's ``ControlParams`` for our unit, once :meth:`ControlNetBridge.apply_face_context` ran."""
     _infotext_after: dict[str, Any] | None = field(default=None, repr=False)
-
-    def restore(self, p: Any) -> bool:
-        """Put the slot's original argument back; True if something changed. Idempotent."""
-        if self.restored or p is None:
-            return False
-        self.restored = True
-        args = getattr(p, "script_args", None)
-        if args is None or not 0 <= self.slot < len(args) or args[self.slot] is not self.unit:
-            return False
-        new = list(args)
-        new[self.slot] = self.original
-        p.script_args = tuple(new) if isinstance(args, tuple) else new
-        return True
-
-    def undo_params(self) -> None:
-        """Give ControlNet's parameters for our unit back their own type and values."""
-        for param, saved in reversed(self._param_undo):
-            for name, value in saved.items():
-                setattr(param, name, value)
-        self._param_undo.clear()
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
-
-
-@dataclass
-class _Registry:
-    """Process-wide record of our changes, so any bridge (and the next job) can undo them."""
-
-    models: dict[str, str] = field(default_factory=dict)
-    """Keys we put into ``global_state.cn_models`` -> the path we gave."""
-    known: dict[str, str] = field(default_factory=dict)
-    """Every key we ever made -> path, to re-add it after ControlNet rescans its models."""
-    jobs: list[tuple[Callable[[], Any], InjectedUnit]] = field(default_factory=list)
-
-
-_REGISTRY = _Registry()
 
 
 # -- the bridge ---------------------------------------------------------------------------
@@ -338,13 +292,12 @@ class ControlNetBridge:
             raise DependencyError(msg) from err
 
     # -- preprocessor -------------------------------------------------------------------
-    set_face_detector = staticmethod(set_face_detector)
-
-    def register_preprocessor(self) -> bool:
+    def register_preprocessor(self, detector: FaceDetector | None) -> bool:
         """Add "InstantID keypoints" to ControlNet's preprocessors; True if it is there now.
 
         Idempotent (the WebUI re-runs registration on every UI reload while ControlNet's
-        registry survives), and a no-op if the registry is missing.
+        registry survives: the registered instance then gets the new ``detector``), and a
+        no-op if the registry is missing.
         """
         sp = sys.modules.get(_MODULE_NAMES["preprocessors"])
         if sp is None:
@@ -357,6 +310,8 @@ class ControlNetBridge:
             ]
             if any(entry is not None for entry in taken):
                 if all(getattr(entry, "instantid_owned", False) for entry in taken):
+                    for entry in taken:
+                        entry.detector = detector
                     return True
                 logger.warning(
                     "Another extension already registered a ControlNet preprocessor named '%s'; "
@@ -365,53 +320,101 @@ class ControlNetBridge:
                 )
                 return False
             cls = _keypoint_preprocessor_class(registry, sp.PreprocessorParameter)
-            registry.add_supported_preprocessor(cls())
+            registry.add_supported_preprocessor(cls(detector))
         logger.info("Added the '%s' preprocessor to ControlNet", PREPROCESSOR_LABEL)
         return True
 
     # -- model ----------------------------------------------------------------------------
-    def identitynet_model_key(self, path: Path, cache_dir: Path | None = None) -> str:
-        """Make ControlNet able to load ``path`` and return the model name to put in a unit.
+    def identitynet_model_key(self, owner: Owner, p: Any, path: Path) -> str:
+        """The model name for our unit, with ControlNet set up to load ``path`` under it once.
 
-        ``path`` is a single diffusers-format ``.safetensors`` or a diffusers folder. Users'
-        files are never renamed: if the path contains "instant_id" (ControlNet would then
-        type the model as its own InstantID and demand an IP-Adapter unit before it), a hard
-        link (else a symlink) under a neutral name in ``cache_dir`` is given to ControlNet.
+        ``path`` is a single diffusers-format ``.safetensors`` or a diffusers folder. When
+        ControlNet lists the file under a name it types as a plain ControlNet, that name is
+        returned: ControlNet's cache then holds one model for our unit and the user's.
+        Otherwise a name of our own is registered for the job, and ControlNet's loader is
+        patched for the job to build it from the network it already caches for the same file
+        (any name), or else to load it once, typed as a plain ControlNet.
         """
         weights = _weights_file(Path(path))
-        digest = short_hash(weights)[:8]
-        cn_path = str(weights.absolute())  # not resolve(): ControlNet must see the link's own name
-        if CN_INSTANTID_PATH_MARK in cn_path.lower():
-            cn_path = _neutral_link(weights, Path(cache_dir) if cache_dir else DEFAULT_LINK_DIR, digest)
-        key = f"{MODEL_KEY_STEM} [{digest}]"
         with self._internals("register the IdentityNet model"):
             models = self._gs.cn_models
-            if models.get(key) != cn_path:
-                models[key] = cn_path
-                _REGISTRY.models[key] = cn_path
-        _REGISTRY.known[key] = cn_path
+            for name, listed in list(models.items()):
+                if _same_file(listed, weights) and CN_INSTANTID_PATH_MARK not in str(listed).lower():
+                    return str(name)
+            key = f"{MODEL_KEY_STEM} [{short_hash(weights)[:8]}]"
+            self._set_model_entry(owner, key, str(weights.absolute()))
+            script_cls = type(self._cn_script(p))
+            self._drop_duplicate(script_cls, key, weights)
+            self._patch_loader(owner, script_cls, key, weights)
         return key
 
-    def _ensure_model(self, key: str) -> None:
-        """Re-add our entry if a ControlNet model rescan (refresh button, API) dropped it."""
+    def _set_model_entry(self, owner: Owner, key: str, path: str) -> None:
         models = self._gs.cn_models
-        if key in models:
+        if models.get(key) == path:
             return
-        path = _REGISTRY.known.get(key)
-        if path is None:
-            msg = f"'{key}' is not a model InstantID gave ControlNet; call identitynet_model_key() first."
-            raise InvalidInputError(msg)
+        missing = object()
+        previous = models.get(key, missing)
         models[key] = path
-        _REGISTRY.models[key] = path
 
-    def forget_models(self) -> None:
-        """Remove the model entries we added to ControlNet's list (links on disk are kept)."""
-        with self._internals("remove the IdentityNet model entry"):
-            models = self._gs.cn_models
-            for key, path in list(_REGISTRY.models.items()):
-                if models.get(key) == path:
-                    del models[key]
-        _REGISTRY.models.clear()
+        def undo() -> None:
+            if models.get(key) != path:
+                return
+            if previous is missing:
+                del models[key]
+            else:
+                models[key] = previous
+
+        owner.own(f"ControlNet's model list entry '{key}'", undo)
+
+    def _cached_entry(self, script_cls: type, weights: Path, exclude: str) -> Any:
+        """The ``ControlModel`` ControlNet's cache holds for this file under another name, or None."""
+        models = self._gs.cn_models
+        for name, entry in list(getattr(script_cls, "model_cache", {}).items()):
+            if name == exclude:
+                continue
+            listed = models.get(name)
+            if listed is not None and _same_file(listed, weights):
+                return entry
+        return None
+
+    def _drop_duplicate(self, script_cls: type, key: str, weights: Path) -> None:
+        """Forget our cache entry if it holds a second copy of a network cached under another name."""
+        cache = getattr(script_cls, "model_cache", None)
+        if not cache or key not in cache:
+            return
+        other = self._cached_entry(script_cls, weights, exclude=key)
+        if other is not None and other.model is not cache[key].model:
+            del cache[key]
+            logger.info("Dropped a second copy of IdentityNet from ControlNet's model cache")
+
+    def _patch_loader(self, owner: Owner, script_cls: type, key: str, weights: Path) -> None:
+        """For this job, make ControlNet build ``key`` as a plain ControlNet sharing a cached network."""
+        original = script_cls.__dict__.get("build_control_model")
+        if original is None:
+            msg = "ControlNet's Script has no build_control_model"
+            raise AttributeError(msg)
+        build = original.__func__ if isinstance(original, staticmethod) else original
+        plain = self._hook.ControlModelType.ControlNet
+        active = [True]
+
+        def build_control_model(p: Any, unet: Any, model: Any) -> Any:
+            if not active[0] or model != key:
+                return build(p, unet, model)
+            shared = self._cached_entry(script_cls, weights, exclude=key)
+            if shared is not None:
+                logger.info("IdentityNet shares the network ControlNet already holds for %s", weights.name)
+                return shared._replace(type=plain)
+            return build(p, unet, model)._replace(type=plain)
+
+        patched = staticmethod(build_control_model)
+        script_cls.build_control_model = patched
+
+        def undo() -> None:
+            active[0] = False  # a later patch may wrap ours: then ours just passes through
+            if script_cls.__dict__.get("build_control_model") is patched:
+                script_cls.build_control_model = original
+
+        owner.own("ControlNet's model loader", undo)
 
     # -- the unit ---------------------------------------------------------------------------
     def _cn_script(self, p: Any) -> Any:
@@ -423,6 +426,10 @@ class ControlNetBridge:
             )
             raise DependencyError(msg)
         return script
+
+    def has_script(self, p: Any) -> bool:
+        """Whether ControlNet runs in this generation (a nested one may leave it out)."""
+        return self._ec.find_cn_script(getattr(p, "scripts", None)) is not None
 
     def _is_free(self, arg: Any) -> bool:
         """A slot we may take: empty, or a unit that ControlNet itself treats as disabled."""
@@ -473,6 +480,7 @@ class ControlNetBridge:
 
     def inject_unit(
         self,
+        owner: Owner,
         p: Any,
         hint: np.ndarray,
         weight: float,
@@ -485,14 +493,13 @@ class ControlNetBridge:
         Call it from ``before_process`` (ControlNet reads the units in its ``process``).
         The argument tuple keeps its length, so no script's argument positions move; the
         user's units are not touched. ``hint`` is the keypoint image, RGB uint8, drawn at
-        exactly the size ControlNet targets (:func:`hint_size`).
+        exactly the size ControlNet targets (:func:`hint_size`); :meth:`apply_face_context`
+        replaces it once the WebUI has fixed the sampled geometry.
         """
         _check_hint(hint)
         _check_schedule(weight, guidance_start, guidance_end)
-        self._release(p)  # a second injection for the same job replaces the first
         with self._internals("add InstantID's unit"):
             script = self._cn_script(p)
-            self._ensure_model(model_key)
             args = p.script_args
             first, stop = int(script.args_from), int(script.args_to)
             if args is None or len(args) < stop:
@@ -522,43 +529,34 @@ class ControlNetBridge:
             guidance_start=float(guidance_start),
             guidance_end=float(guidance_end),
         )
-        _REGISTRY.jobs.append((_ref(p), handle))
+        owner.own(f"ControlNet unit {handle.unit_index}", lambda: _restore_slot(p, handle))
         w, h = hint.shape[1], hint.shape[0]
         logger.info("IdentityNet runs as ControlNet unit %d (%d×%d hint)", handle.unit_index, w, h)
-        if (w, h) != hint_size(p):
-            logger.warning(
-                "The IdentityNet hint is %d×%d but ControlNet works at %d×%d; it will be stretched.",
-                w,
-                h,
-                *hint_size(p),
-            )
         return handle
-
-    def _release(self, p: Any) -> None:
-        """Undo an earlier injection into this same ``p``."""
-        for entry in list(_REGISTRY.jobs):
-            ref, handle = entry
-            if ref() is p:
-                handle.undo_params()
-                handle.restore(p)
-                _REGISTRY.jobs.remove(entry)
 
     # -- per batch ------------------------------------------------------------------------
     def apply_face_context(
-        self, p: Any, unit: InjectedUnit, cond_tokens: Any, uncond_tokens: Any, region_mask: Any = None
+        self,
+        p: Any,
+        unit: InjectedUnit,
+        cond_tokens: Any,
+        uncond_tokens: Any,
+        hint: Any = None,
+        hr_hint: Any = None,
+        region_mask: Any = None,
     ) -> None:
-        """Make ControlNet feed IdentityNet the face tokens instead of the prompt.
+        """Make ControlNet feed IdentityNet the face tokens instead of the prompt, and our hint.
 
         Call it from ``process_batch``, i.e. after ControlNet's ``process`` (or, with a
-        refiner, its ``before_process_batch``) built this batch's parameters. ``cond_tokens``
-        and ``uncond_tokens`` are ``(1, 16, 2048)``: the Resampler of the face embedding and
-        of zeros; keep them on the UNet's device. ControlNet then computes, per UNet call,
-        ``cond * mark + uncond * (1 - mark)`` with its per-row cond/uncond mark, so cond rows
-        see the face and uncond rows the zero-face tokens. Only our unit is changed.
-
-        ``region_mask`` (H×W in [0, 1] at the output size) limits IdentityNet to the face box
-        as the reference's "enhance non-face region" does: its residuals are multiplied by the
-        mask, bilinearly resized to each residual's size.
+        refiner, its ``before_process_batch``) built this batch's parameters and after
+        ``p.init`` fixed the geometry. ``cond_tokens`` and ``uncond_tokens`` are
+        ``(1, 16·k, 2048)``: the Resampler of the face embedding(s) and of zeros. ControlNet then
+        computes, per UNet call, ``cond * mark + uncond * (1 - mark)`` with its per-row
+        cond/uncond mark, so cond rows see the face and uncond rows the zero-face tokens.
+        ``hint``/``hr_hint`` (RGB uint8 at the first-pass and hires canvas) replace the hints
+        ControlNet resized from the unit's image. ``region_mask`` (H×W in [0, 1]) scales
+        IdentityNet's residuals where ControlNet supports a per-unit mask (1.1.446+); older
+        versions get it from :meth:`residual_mask_hook` during sampling. Only our unit changes.
         """
         _check_tokens(cond_tokens, uncond_tokens)
         with self._internals("give IdentityNet its face tokens"):
@@ -585,19 +583,42 @@ class ControlNetBridge:
                     "IdentityNet (ControlNetModel) file."
                 )
                 raise InvalidInputError(msg)
-            if not any(saved_param is param for saved_param, _ in unit._param_undo):
-                names = ("control_model_type", "control_context_override", "weight")
-                names += ("start_guidance_percent", "stop_guidance_percent")
-                unit._param_undo.append((param, {name: getattr(param, name) for name in names}))
             param.control_model_type = types.InstantID
             param.control_context_override = self._hook.ImageEmbed(cond_tokens, uncond_tokens)
             # xyz grid's "[ControlNet] …" axes rewrite every unit's weight and guidance.
             param.weight = unit.weight
             param.start_guidance_percent = unit.guidance_start
             param.stop_guidance_percent = unit.guidance_end
-            if region_mask is not None and not unit._hooks:
-                unit._hooks.append(param.control_model.register_forward_hook(_masking_hook(region_mask)))
+            if hint is not None:
+                param.hint_cond = _hint_tensor(hint, like=param.hint_cond)
+                param.used_hint_cond = None
+            if hr_hint is not None and getattr(param, "hr_hint_cond", None) is not None:
+                param.hr_hint_cond = _hint_tensor(hr_hint, like=param.hr_hint_cond)
+            if region_mask is not None and hasattr(param, "effective_region_mask"):
+                param.effective_region_mask = _mask_tensor(region_mask)
+            unit.param = param
             _drop_infotext(p, unit, index)
+
+    @staticmethod
+    def set_region_mask(unit: InjectedUnit, region_mask: Any) -> None:
+        """Swap the residual mask (before the hires pass, whose canvas may be cropped)."""
+        param = unit.param
+        if param is not None and hasattr(param, "effective_region_mask"):
+            param.effective_region_mask = None if region_mask is None else _mask_tensor(region_mask)
+
+    @staticmethod
+    def residual_mask_hook(unit: InjectedUnit, mask_of: Callable[[], Any], tokens: int) -> Any:
+        """For ControlNet 1.1.444-1.1.445 (no per-unit mask): a removable hook masking our residuals.
+
+        ``mask_of`` returns the current ``(1, 1, H, W)`` mask tensor (or None). The hook sits on
+        a network ControlNet may share with a user's unit, so it acts only on calls whose
+        context holds ``tokens`` tokens (our face tokens); other calls pass untouched. Returns
+        None when ControlNet applies the mask itself.
+        """
+        param = unit.param
+        if param is None or hasattr(param, "effective_region_mask"):
+            return None
+        return param.control_model.register_forward_hook(_masking_hook(mask_of, tokens), with_kwargs=True)
 
     def mark_hires_conds(self, p: Any) -> None:
         """Mark the hires-fix prompts as cond/uncond for ControlNet; call it from ``before_hr``.
@@ -624,44 +645,73 @@ class ControlNetBridge:
                     if name in vars(cls):
                         setattr(cls, name, [None, None])
 
-    # -- undo -------------------------------------------------------------------------------
-    def cleanup(self, p: Any | None) -> None:
-        """Undo everything done for the job (idempotent; ``p`` may be None or already gone).
-
-        Called from ``postprocess``, from the next job's start (``postprocess`` is skipped
-        when a job fails) and when the script unloads.
-        """
-        for ref, handle in list(_REGISTRY.jobs):
-            handle.undo_params()
-            handle.restore(ref())
-            if p is not None and ref() is not p:
-                handle.restore(p)
-        _REGISTRY.jobs.clear()
-        self.forget_models()
-
 
 # -- helpers ----------------------------------------------------------------------------------
-def _masking_hook(region_mask: Any) -> Callable[..., Any]:
-    """A forward hook multiplying each 4-D residual by the mask resized to its size."""
+def _restore_slot(p: Any, handle: InjectedUnit) -> None:
+    """Put the slot's original argument back if our unit is still there."""
+    args = getattr(p, "script_args", None)
+    if args is None or not 0 <= handle.slot < len(args) or args[handle.slot] is not handle.unit:
+        return
+    new = list(args)
+    new[handle.slot] = handle.original
+    p.script_args = tuple(new) if isinstance(args, tuple) else new
+
+
+def _same_file(listed: object, path: Path) -> bool:
+    """Whether a path from ControlNet's model list is ``path`` (quotes trimmed, as ControlNet does)."""
+    text = str(listed)
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    try:
+        return Path(text).samefile(path)
+    except OSError:
+        return os.path.normcase(Path(text).absolute()) == os.path.normcase(path.absolute())
+
+
+def _hint_tensor(hint: np.ndarray, like: Any) -> Any:
+    """An RGB uint8 hint as ControlNet keeps it: ``(1, 3, H, W)`` float in [0, 1], on ``like``'s device."""
+    import torch
+
+    _check_hint(hint)
+    tensor = torch.from_numpy(np.array(hint, dtype=np.uint8)).float().div(255.0).permute(2, 0, 1)[None]
+    if isinstance(like, torch.Tensor):
+        tensor = tensor.to(device=like.device, dtype=like.dtype)
+    return tensor
+
+
+def _mask_tensor(region_mask: Any) -> Any:
+    """``(1, 1, H, W)`` float mask, as ControlNet's ``effective_region_mask``."""
+    import torch
+
+    return torch.as_tensor(np.asarray(region_mask), dtype=torch.float32)[None, None]
+
+
+def _masking_hook(mask_of: Callable[[], Any], tokens: int) -> Callable[..., Any]:
+    """A forward hook multiplying each 4-D residual by the current mask resized to its size."""
     import torch
     import torch.nn.functional as F
 
-    mask = torch.as_tensor(region_mask, dtype=torch.float32)[None, None]
     resized: dict[tuple, Any] = {}
 
-    def scale(residual: Any) -> Any:
+    def scale(residual: Any, mask: Any) -> Any:
         if not isinstance(residual, torch.Tensor) or residual.ndim != 4:
             return residual
-        key = (tuple(residual.shape[-2:]), residual.device, residual.dtype)
+        key = (id(mask), tuple(residual.shape[-2:]), residual.device, residual.dtype)
         if key not in resized:
             small = F.interpolate(mask, size=residual.shape[-2:], mode="bilinear", align_corners=False)
             resized[key] = small.to(device=residual.device, dtype=residual.dtype)
         return residual * resized[key]
 
-    def hook(module: Any, args: Any, output: Any) -> Any:
-        if isinstance(output, (list, tuple)):
-            return type(output)(scale(r) for r in output)
-        return scale(output)
+    def hook(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        context = kwargs.get("context")
+        if context is None or context.shape[1] != tokens:
+            return None  # another unit's call on the same network
+        mask = mask_of()
+        if mask is None:
+            return None
+        if isinstance(output, list | tuple):
+            return type(output)(scale(r, mask) for r in output)
+        return scale(output, mask)
 
     return hook
 
@@ -766,54 +816,3 @@ def _weights_file(path: Path) -> Path:
         msg = f"The IdentityNet file '{path.name}' must be a .safetensors file for ControlNet to load it."
         raise ModelFileError(msg)
     return path
-
-
-def _neutral_link(source: Path, cache_dir: Path, digest: str) -> str:
-    """A hard link (else symlink) to ``source`` whose path lacks "instant_id"; its path."""
-    folder = cache_dir.absolute()
-    if CN_INSTANTID_PATH_MARK in str(folder).lower():
-        msg = (
-            f"The link folder '{folder}' contains '{CN_INSTANTID_PATH_MARK}', which makes ControlNet "
-            "misread IdentityNet; choose another folder."
-        )
-        raise ModelFileError(msg)
-    link = folder / f"{LINK_PREFIX}{digest}.safetensors"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _prune_links(folder, keep=link)
-        if link.exists() and link.stat().st_size == source.stat().st_size:
-            return str(link)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        try:
-            os.link(source, link)
-            kind = "hard link"
-        except OSError:
-            link.symlink_to(source.resolve())
-            kind = "symlink"
-    except OSError as err:
-        msg = (
-            f"ControlNet misreads IdentityNet files whose path contains '{CN_INSTANTID_PATH_MARK}' "
-            f"('{source}'), and InstantID could not link it under a neutral name in '{folder}' ({err}). "
-            f"Rename the file or its folder so the path has no '{CN_INSTANTID_PATH_MARK}', or put "
-            "the link folder on the same drive as the model."
-        )
-        raise ModelFileError(msg) from err
-    logger.info("Gave ControlNet a %s to %s: %s", kind, source, link)
-    return str(link)
-
-
-def _prune_links(folder: Path, keep: Path) -> None:
-    """Delete our stale links: broken symlinks, and hard links whose original is gone.
-
-    A hard link left alone would keep a deleted multi-gigabyte model on disk.
-    """
-    for entry in folder.glob(f"{LINK_PREFIX}*.safetensors"):
-        if entry == keep:
-            continue
-        try:
-            orphan = not entry.exists() if entry.is_symlink() else entry.stat().st_nlink <= 1
-            if orphan:
-                entry.unlink()
-        except OSError as err:  # in use or read-only: it only costs disk space
-            logger.debug("Could not remove the stale link %s: %s", entry, err)

@@ -9,17 +9,19 @@ paths, options, model checks, the protection of our HTTP routes (the WebUI's own
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from secrets import compare_digest
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from modules import paths, shared
+from modules import paths, script_callbacks, shared
 
 from ..errors import IncompatibleModelError, InstantIDError
 from ..file_hashes import set_hash_store
@@ -45,10 +47,17 @@ def models_dir() -> Path:
 
 
 def controlnet_extension_dir() -> Path | None:
-    """sd-webui-controlnet's folder, found through its already-imported script module."""
-    module = sys.modules.get("scripts.controlnet")
-    file = getattr(module, "__file__", None)
-    return Path(file).resolve().parent.parent if file else None
+    """sd-webui-controlnet's folder, found through a module of its that is really imported.
+
+    The WebUI runs ``scripts/controlnet.py`` under the bare name "controlnet.py", so that
+    name is not in ``sys.modules``; the modules ControlNet imports itself
+    (``from scripts import external_code``) are, as ``scripts.external_code`` etc.
+    """
+    for name in ("scripts.external_code", "scripts.controlnet_version", "scripts.global_state"):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            return Path(file).resolve().parent.parent
+    return None
 
 
 def controlnet_annotator_dir() -> Path | None:
@@ -113,6 +122,20 @@ def check_sdxl_base(model: Any) -> None:
         msg = f"{name} is the SDXL refiner; InstantID needs an SDXL base model (use it before the refiner)."
         raise IncompatibleModelError(msg)
     sdxl_attn2_layers(unet)
+
+
+@contextlib.contextmanager
+def cfg_denoiser_callback(callback: Callable[[Any], None]) -> Iterator[None]:
+    """Have the WebUI call ``callback`` before every denoiser step while the block runs.
+
+    Registered for one sampling call and removed after it (also on error), so each job's
+    callback serves that job alone and nothing of it outlives the job.
+    """
+    script_callbacks.on_cfg_denoiser(callback)
+    try:
+        yield
+    finally:
+        script_callbacks.remove_callbacks_for_function(callback)
 
 
 def unet_of(model: Any) -> Any:

@@ -1,78 +1,235 @@
-"""One generation with InstantID: prepare, wire into the host, and undo everything after.
+"""One generation with InstantID, as a :class:`~instantid_ext.webui.job.Job` that undoes itself.
 
-The face tokens are applied only while ``p.sample`` runs (both passes of hires fix
-included): a wrapper installs the attention hooks, and its ``finally`` removes them, so
-an error or an interrupt inside sampling leaves the UNet untouched. ControlNet changes
-are undone in ``postprocess`` and, in case that never ran, at the start of the next job.
+The work is split by when the host's state is final:
+
+- ``before_process`` (:func:`start`): the arguments, the reference face(s), the adapter and
+  face tokens, and our ControlNet unit (ControlNet reads its units in its ``process``). Bad
+  input stops the job here, before anything runs.
+- ``process_batch`` (:meth:`Run.on_batch`): ``p.init`` has fixed the sampled geometry (img2img
+  resize, the "Only masked" crop, the hires target), so the keypoint hint and the face mask
+  are drawn in those coordinates and handed to ControlNet.
+- ``p.sample`` (:meth:`Run.sampling`): the checkpoint is final (the WebUI loads the job's
+  checkpoint after ``before_process``), so the SDXL check runs here; the face tokens are
+  hooked into the UNet for exactly the duration of the call, both hires passes included,
+  and removed on success, error and interrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..args import InstantIDArgs
-from ..errors import InstantIDError
+from ..errors import InstantIDError, InvalidInputError, NoFaceError
 from ..ip_adapter import IPAdapter
-from ..ip_attention import IPAttentionPatch, PrecomputedKV, RowRouter, remove_all_patches
+from ..ip_attention import IPAttentionPatch, PrecomputedKV, RowRouter
 from ..models import ModelFile, short_hash
-from ..pipeline import FaceConditioning, FaceTokens, build_face_conditioning
+from ..pipeline import (
+    ORIGIN_TEXT,
+    FaceConditioning,
+    FacePose,
+    FaceTokens,
+    PlacedPose,
+    black_hint,
+    build_face_conditioning,
+    pose_from_image,
+)
 from ..resources import Resources
-from . import host
+from . import frames, host
+from .job import Job
 
 logger = logging.getLogger(__name__)
 
-STATE_ATTR = "_instantid_run"
 
+class Run(Job):
+    """What one InstantID generation prepared, on top of the :class:`Job` life cycle."""
 
-@dataclass
-class RunState:
-    """Everything one job set up; stored as one attribute on ``p``."""
+    def __init__(self, p: Any, args: InstantIDArgs) -> None:
+        super().__init__(p, args)
+        self.conditioning: FaceConditioning | None = None
+        self.tokens: FaceTokens | None = None
+        self.adapter: IPAdapter | None = None
+        self.adapter_file: ModelFile | None = None
+        self.identitynet_file: ModelFile | None = None
+        self.bridge: Any = None  # ControlNetBridge when IdentityNet runs
+        self.unit: Any = None  # its InjectedUnit
+        self.router = RowRouter()
+        self.precomputed: PrecomputedKV = {}
+        """Face keys/values per layer, computed in the first UNet call and reused by the next ones."""
+        self.placed: PlacedPose | None = None
+        self.hr_placed: PlacedPose | None = None
+        self.hint: np.ndarray | None = None
+        self.masks: dict[str, torch.Tensor | None] = {"first": None, "hires": None}
+        self.pass_name = "first"
+        self.patch: IPAttentionPatch | None = None
+        self.own("the face keys/values", self.precomputed.clear)
 
-    args: InstantIDArgs
-    conditioning: FaceConditioning
-    tokens: FaceTokens
-    adapter: IPAdapter
-    adapter_file: ModelFile
-    identitynet_file: ModelFile | None = None
-    bridge: Any = None  # ControlNetBridge when IdentityNet runs
-    unit: Any = None  # the injected ControlNet unit handle
-    router: RowRouter = field(default_factory=RowRouter)
-    mask: torch.Tensor | None = None
-    patch: IPAttentionPatch | None = None
-    precomputed: PrecomputedKV = field(default_factory=dict)
-    """Face keys/values per layer, computed in the first batch and reused by the next ones."""
-    failure: Exception | None = None
-    """Set when a later hook fails; sampling then stops with this message (hooks cannot abort)."""
+    def close(self) -> None:
+        """Also remove the attention hooks of a sampling call still running (script unload)."""
+        patch = self.patch
+        if patch is not None:
+            patch.remove()
+        super().close()
 
+    @property
+    def pose(self) -> FacePose | None:
+        return None if self.conditioning is None else self.conditioning.pose
 
-_ACTIVE: RunState | None = None
-"""The run whose sampling is in progress (read by the CFG denoiser callback)."""
-_LAST: RunState | None = None
-"""The last run prepared; cleaned up by the next job if its postprocess never ran."""
+    # -- process_batch: the geometry is final ----------------------------------------------
+    def on_batch(self, p: Any) -> None:
+        """Draw the hint and the face mask where the sampler works, and give them to ControlNet."""
+        if self.placed is None and self.hint is None:
+            self._place(p)
+        if self.bridge is None or self.unit is None:
+            return
+        assert self.tokens is not None
+        self.bridge.apply_face_context(
+            p,
+            self.unit,
+            self.tokens.cond,
+            self.tokens.uncond,
+            hint=self.hint,
+            hr_hint=None if self.hr_placed is None else self.hr_placed.hint(),
+            region_mask=self._mask_array("first"),
+        )
 
+    def _place(self, p: Any) -> None:
+        canvas = frames.canvas_size(p)
+        pose = self.pose
+        if pose is None:
+            self.hint = black_hint(canvas)
+            return
+        if pose.origin == "init_image":
+            frame = frames.init_frame(p, pose.size)
+        else:
+            frame = frames.layout_frame(p, pose.size, self.args.resize_mode)
+        self.placed = pose.place(frame)
+        self.hint = self.placed.hint()
+        hires = frames.hires_frame(p)
+        if hires is not None:
+            self.hr_placed = pose.place(frame.then(hires))
+        self._check_placement()
+        if self.args.face_region_only:
+            self.masks["first"] = _as_tensor(self.placed.region_mask())
+            if self.hr_placed is not None:
+                self.masks["hires"] = _as_tensor(self.hr_placed.region_mask())
 
-def active_run() -> RunState | None:
-    return _ACTIVE
+    def _check_placement(self) -> None:
+        assert self.placed is not None
+        for placed in (self.placed, self.hr_placed):
+            if placed is None:
+                continue
+            problem = placed.problem()
+            if problem is None:
+                continue
+            if self.args.face_region_only and placed.box_visible <= 0.0:
+                msg = (
+                    f"'Face region only' is on, but the face box from {ORIGIN_TEXT[placed.origin]} lies "
+                    f"entirely outside the {placed.size[0]}×{placed.size[1]} canvas, so InstantID would "
+                    "change nothing. Use an output size closer to the photo's aspect ratio, the resize "
+                    "mode 'Resize and Fill', a pose image, or turn 'Face region only' off."
+                )
+                self.fail(InvalidInputError(msg))
+                return
+            self.warn(problem)
 
+    def _mask_array(self, name: str) -> np.ndarray | None:
+        mask = self.masks.get(name)
+        return None if mask is None else mask.numpy()
 
-def cleanup_stale() -> None:
-    """Undo whatever an earlier job left (its postprocess is skipped when it failed)."""
-    global _ACTIVE, _LAST
-    _ACTIVE = None
-    removed = remove_all_patches()
-    if removed:
-        logger.warning("Removed %d InstantID attention patch(es) left by an earlier job", removed)
-    last, _LAST = _LAST, None
-    if last is not None and last.bridge is not None:
+    def mask_tensor(self) -> torch.Tensor | None:
+        """The face mask of the pass being sampled, ``(1, 1, H, W)`` (ControlNet's residual mask form)."""
+        mask = self.masks.get(self.pass_name)
+        return None if mask is None else mask[None, None]
+
+    def enter_hires(self, p: Any) -> None:
+        """``before_hr``: mark the hires prompts for ControlNet; switch the face mask to the hires canvas."""
+        self.pass_name = "hires"
+        if self.bridge is not None:
+            self.bridge.mark_hires_conds(p)
+        if not self.args.face_region_only:
+            return
+        mask = self.masks.get("hires")
+        if self.patch is not None:
+            self.patch.set_mask(mask)
+        if self.unit is not None:
+            self.bridge.set_region_mask(self.unit, None if mask is None else mask.numpy())
+
+    # -- p.sample: the checkpoint is final ---------------------------------------------------
+    @contextlib.contextmanager
+    def sampling(self, p: Any) -> Iterator[None]:
+        """Face tokens in the UNet, the denoiser callback and our ControlNet hooks, for one call."""
+        if self.failure is not None:
+            raise host.as_http_error(self.failure)
         try:
-            last.bridge.cleanup(None)
+            host.check_sdxl_base(p.sd_model)
+            unet = host.unet_of(p.sd_model)
         except InstantIDError as err:
-            logger.warning("%s", err)
+            logger.error("%s", err)
+            raise host.as_http_error(err) from None
+        assert self.adapter is not None and self.tokens is not None
+        self.pass_name = "first"
+        a = self.args
+        with contextlib.ExitStack() as stack:
+            patch = IPAttentionPatch(
+                unet,
+                self.adapter,
+                self.tokens.cond,
+                self.tokens.uncond,
+                scale=a.id_weight,
+                start=a.id_start,
+                end=a.id_end,
+                mask=self.masks["first"],
+                router=self.router,
+                precomputed=self.precomputed,
+            )
+            stack.callback(patch.remove)
+            self.patch = patch
+            stack.callback(setattr, self, "patch", None)
+            stack.enter_context(host.cfg_denoiser_callback(self._denoiser_callback(p)))
+            if self.unit is not None and self.unit.param is not None:
+                tokens = int(self.tokens.cond.shape[1])
+                handle = self.bridge.residual_mask_hook(self.unit, self.mask_tensor, tokens)
+                if handle is not None:
+                    stack.callback(handle.remove)
+            yield
+        if self.failure is not None:
+            raise host.as_http_error(self.failure)
+
+    def _denoiser_callback(self, p: Any) -> Any:
+        router = self.router
+
+        def on_cfg_denoiser(params: Any) -> None:
+            """Tell the router this denoiser call's row layout and the sampling progress."""
+            owner = getattr(getattr(params, "denoiser", None), "p", None)
+            if owner is not None and owner is not p:
+                return  # another job's sampling (1.8+ tells us whose)
+            cond = params.text_cond
+            crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
+            total = max(int(params.total_sampling_steps), 1)
+            router.begin_step(
+                n_cond=int(crossattn.shape[0]),
+                n_total=int(params.x.shape[0]),
+                progress=params.sampling_step / total,
+            )
+
+        return on_cfg_denoiser
+
+    # -- results -----------------------------------------------------------------------------
+    def hint_output(self) -> Image.Image | None:
+        """The keypoint image IdentityNet received in the first pass, for "show the hint"."""
+        return None if self.hint is None else Image.fromarray(self.hint)
+
+
+def _as_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
+    return None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
 
 
 def _controlnet_bridge() -> Any:
@@ -81,134 +238,159 @@ def _controlnet_bridge() -> Any:
     return ControlNetBridge.detect()
 
 
-def prepare(p: Any, args: InstantIDArgs, resources: Resources) -> RunState:
-    """Analyse the face, load the adapter, set up IdentityNet; raises InstantIDError on bad input."""
-    started = time.perf_counter()
-    host.check_sdxl_base(p.sd_model)
-    conditioning = build_face_conditioning(args, resources.analyzer, resources.identities())
-    adapter_file, adapter = resources.adapter(args.ip_adapter_model)
-    tokens = FaceTokens.from_embedding(adapter, conditioning.embedding)
-    state = RunState(args, conditioning, tokens, adapter, adapter_file)
-    size = (int(p.width), int(p.height))
-    if args.face_region_only:
-        mask = conditioning.region_mask(size, args.resize_mode)
-        state.mask = None if mask is None else torch.from_numpy(mask)
-    if args.control_weight > 0:
-        bridge = _controlnet_bridge()
-        state.identitynet_file = resources.identitynet(args.identitynet_model)
-        links = resources.locations.model_dirs[0] / ".controlnet-links"
-        key = bridge.identitynet_model_key(state.identitynet_file.path, cache_dir=links)
-        hint = conditioning.hint_image(size, args.resize_mode)
-        state.bridge = bridge
-        state.unit = bridge.inject_unit(
-            p, hint, args.control_weight, args.control_start, args.control_end, key
+def _resolve_pose(run: Run, p: Any, conditioning: FaceConditioning, resources: Resources) -> FacePose | None:
+    """The pose the hint follows, including the img2img init image's face (pose source auto/init)."""
+    args = run.args
+    if args.pose_source == "none":
+        return None
+    uses_init = args.pose_source == "init_image" or (args.pose_source == "auto" and frames.is_img2img(p))
+    if not uses_init:
+        return conditioning.pose
+    image = frames.init_image(p)
+    if image is None:
+        msg = (
+            "The pose source 'init image' needs img2img with an init image; in txt2img use the "
+            "reference face or a pose image."
         )
-    p.extra_generation_params.update(args.to_infotext(extra=_infotext_extra(state)))
+        raise InvalidInputError(msg)
+    try:
+        return pose_from_image(
+            resources.analyzer(),
+            image,
+            "init_image",
+            args.pose_face_choice,
+            args.pose_face_index,
+            mask=frames.inpaint_mask(p),
+        )
+    except NoFaceError as err:
+        if args.pose_source == "init_image":
+            raise
+        if conditioning.pose is None:
+            run.warn(f"{err} IdentityNet runs without keypoints (free pose).")
+        else:
+            run.warn(f"{err} The keypoints come from {ORIGIN_TEXT[conditioning.pose.origin]} instead.")
+        return conditioning.pose
+
+
+def start(p: Any, args: InstantIDArgs, resources: Resources) -> Run:
+    """Prepare a generation; raises InstantIDError (the job undone) on bad input."""
+    started = time.perf_counter()
+    run = Run(p, args)
+    try:
+        _prepare(run, p, resources)
+    except BaseException:
+        run.close()
+        raise
     logger.info(
         "InstantID ready in %.2f s: %s, %s",
         time.perf_counter() - started,
-        conditioning.source,
+        run.conditioning.source if run.conditioning else "?",
         args.summary(),
     )
-    return state
+    return run
 
 
-def _infotext_extra(state: RunState) -> dict[str, str]:
-    extra = {
-        "InstantID adapter": state.adapter_file.name,
-        "InstantID adapter hash": short_hash(state.adapter_file.path),
-        "InstantID source": state.conditioning.source,
-    }
-    if state.identitynet_file is not None:
-        extra["InstantID IdentityNet"] = state.identitynet_file.name
-        extra["InstantID IdentityNet hash"] = short_hash(state.identitynet_file.path)
-    return extra
+def _prepare(run: Run, p: Any, resources: Resources) -> None:
+    args = run.args
+    conditioning = build_face_conditioning(args, resources.analyzer, resources.identities())
+    run.conditioning = conditioning.with_pose(_resolve_pose(run, p, conditioning, resources))
+    run.adapter_file, run.adapter = resources.adapter(args.ip_adapter_model)
+    run.tokens = FaceTokens.from_embedding(run.adapter, run.conditioning.embedding)
+    if args.control_weight > 0:
+        _prepare_identitynet(run, p, resources)
+    _wrap_sampling(run, p)
+    _close_with(run, p)
+    p.extra_generation_params.update(args.to_infotext(extra=_infotext_extra(run)))
 
 
-def wrap_sampling(p: Any, state: RunState) -> None:
+def _prepare_identitynet(run: Run, p: Any, resources: Resources) -> None:
+    args = run.args
+    bridge = _controlnet_bridge()
+    run.identitynet_file = resources.identitynet(args.identitynet_model)
+    if not bridge.has_script(p):
+        run.warn(
+            "ControlNet does not run in this generation (a nested generation that leaves it out?), "
+            "so IdentityNet is skipped and only the face tokens apply."
+        )
+        return
+    key = bridge.identitynet_model_key(run, p, run.identitynet_file.path)
+    run.bridge = bridge
+    run.unit = bridge.inject_unit(
+        run,
+        p,
+        black_hint(frames.canvas_size(p)),  # drawn for real once p.init fixed the geometry
+        args.control_weight,
+        args.control_start,
+        args.control_end,
+        key,
+    )
+
+
+def _wrap_sampling(run: Run, p: Any) -> None:
     """Apply the face tokens for exactly the duration of each ``p.sample`` call."""
     original = p.sample
 
     def sample_with_instantid(*args: Any, **kwargs: Any) -> Any:
-        global _ACTIVE
-        unet = host.unet_of(p.sd_model)
-        a = state.args
-        with IPAttentionPatch(
-            unet,
-            state.adapter,
-            state.tokens.cond,
-            state.tokens.uncond,
-            scale=a.id_weight,
-            start=a.id_start,
-            end=a.id_end,
-            mask=state.mask,
-            router=state.router,
-            precomputed=state.precomputed,
-        ) as patch:
-            state.patch = patch
-            _ACTIVE = state
-            try:
-                if state.failure is not None:
-                    raise state.failure
-                result = original(*args, **kwargs)
-                if state.failure is not None:
-                    raise state.failure
-                return result
-            finally:
-                _ACTIVE = None
-                state.patch = None
+        with run.sampling(p):
+            return original(*args, **kwargs)
 
-    p.sample = sample_with_instantid
+    run.replace_method(p, "sample", sample_with_instantid)
 
 
-def start(p: Any, args: InstantIDArgs, resources: Resources) -> RunState:
-    global _LAST
-    state = prepare(p, args, resources)
-    setattr(p, STATE_ATTR, state)
-    _LAST = state
-    wrap_sampling(p, state)
-    return state
-
-
-def fail_sampling(state: RunState, error: InstantIDError) -> None:
-    """Make the job fail with ``error`` rather than run with a half-wired IdentityNet."""
-    state.failure = host.as_http_error(error)
-
-
-def state_of(p: Any) -> RunState | None:
-    return getattr(p, STATE_ATTR, None)
-
-
-def finish(p: Any) -> None:
-    """Undo the job's changes to ControlNet and the UNet; safe to call more than once."""
-    global _ACTIVE, _LAST
-    state = state_of(p)
-    _ACTIVE = None
-    if state is None:
+def _close_with(run: Run, p: Any) -> None:
+    """Close the job when the WebUI closes ``p`` (also after a failed generation)."""
+    close = getattr(p, "close", None)
+    if not callable(close):
         return
-    if state.patch is not None:
-        state.patch.remove()
-        state.patch = None
-    state.precomputed.clear()
-    if state.bridge is not None:
+
+    def close_and_undo(*args: Any, **kwargs: Any) -> Any:
         try:
-            if state.unit is not None:
-                state.unit.restore(p)
-            state.bridge.cleanup(p)
-        except InstantIDError as err:
-            logger.warning("%s", err)
-    if _LAST is state:
-        _LAST = None
+            return close(*args, **kwargs)
+        finally:
+            run.close()
+
+    run.replace_method(p, "close", close_and_undo)
 
 
-def on_cfg_denoiser(params: Any) -> None:
-    """Tell the router this denoiser call's row layout and the sampling progress."""
-    state = _ACTIVE
-    if state is None:
+def _infotext_extra(run: Run) -> dict[str, str]:
+    assert run.adapter_file is not None and run.conditioning is not None
+    extra = {
+        "InstantID adapter": run.adapter_file.name,
+        "InstantID adapter hash": short_hash(run.adapter_file.path),
+        "InstantID source": run.conditioning.source,
+    }
+    if run.identitynet_file is not None:
+        extra["InstantID IdentityNet"] = run.identitynet_file.name
+        extra["InstantID IdentityNet hash"] = short_hash(run.identitynet_file.path)
+    pose = run.conditioning.pose
+    if run.args.pose_source == "auto":
+        extra["InstantID keypoints from"] = "none" if pose is None else pose.origin.replace("_", " ")
+    return extra
+
+
+def run_of(p: Any) -> Run | None:
+    from .job import job_of
+
+    job = job_of(p)
+    return job if isinstance(job, Run) else None
+
+
+def finish(p: Any, processed: Any = None) -> None:
+    """``postprocess``: add the hint image if asked, note warnings, and undo everything."""
+    run = run_of(p)
+    if run is None:
         return
-    cond = params.text_cond
-    crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
-    total = max(int(params.total_sampling_steps), 1)
-    state.router.begin_step(
-        n_cond=int(crossattn.shape[0]), n_total=int(params.x.shape[0]), progress=params.sampling_step / total
-    )
+    try:
+        if processed is not None and run.args.show_hint:
+            image = run.hint_output()
+            if image is not None:
+                processed.images.append(image)
+    finally:
+        run.close()
+
+
+def fail_job(p: Any, error: InstantIDError) -> None:
+    """A hook after ``before_process`` failed: make sampling stop with ``error``."""
+    run = run_of(p)
+    if run is not None:
+        run.fail(error)

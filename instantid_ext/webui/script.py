@@ -33,14 +33,13 @@ def ui_env() -> Any:
     )
 
 
-def _fail(p: Any, error: InstantIDError) -> None:
-    logger.error("%s", error)
-    run.finish(p)
-    host.abort_job(p, error)
+def _unexpected(err: Exception, when: str) -> InstantIDError:
+    logger.exception("InstantID failed while %s", when)
+    return InstantIDError(f"InstantID failed unexpectedly ({type(err).__name__}: {err}); see the console.")
 
 
 class InstantIDScript(scripts.Script):
-    """Wires the core into a generation: prepare in ``before_process``, undo in ``postprocess``."""
+    """Wires the core into a generation; the job it starts undoes itself (see :mod:`.run`)."""
 
     def title(self) -> str:
         return "InstantID"
@@ -57,44 +56,38 @@ class InstantIDScript(scripts.Script):
         return result.components
 
     def before_process(self, p: Any, *args: Any) -> None:
-        run.cleanup_stale()
-        if not args or args[0] is False or not is_enabled(args):
+        if not args or args[0] is False:
             return  # off: nothing else runs, nothing is touched
         try:
+            if not is_enabled(args):
+                return
             parsed = InstantIDArgs.parse(args)
             run.start(p, parsed, services.resources())
         except InstantIDError as err:
-            _fail(p, err)
+            logger.error("%s", err)
+            host.abort_job(p, err)
         except Exception as err:  # a bug must not let the job run half-configured
-            logger.exception("InstantID failed while preparing the generation")
-            _fail(
-                p,
-                InstantIDError(
-                    f"InstantID failed unexpectedly ({type(err).__name__}: {err}); see the console."
-                ),
-            )
+            host.abort_job(p, _unexpected(err, "preparing the generation"))
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        state = run.state_of(p)
-        if state is None or state.bridge is None or state.unit is None:
+        job = run.run_of(p)
+        if job is None:
             return
         try:
-            state.bridge.apply_face_context(
-                p, state.unit, state.tokens.cond, state.tokens.uncond, region_mask=state.mask
-            )
+            job.on_batch(p)
         except InstantIDError as err:
-            logger.error("%s", err)
-            run.fail_sampling(state, err)
+            job.fail(err)
+        except Exception as err:
+            job.fail(_unexpected(err, "setting up the batch"))
 
     def before_hr(self, p: Any, *args: Any) -> None:
-        state = run.state_of(p)
-        if state is None or state.bridge is None:
+        job = run.run_of(p)
+        if job is None:
             return
         try:
-            state.bridge.mark_hires_conds(p)
+            job.enter_hires(p)
         except InstantIDError as err:
-            logger.error("%s", err)
-            run.fail_sampling(state, err)
+            job.fail(err)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-        run.finish(p)
+        run.finish(p, processed)

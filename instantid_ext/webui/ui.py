@@ -55,10 +55,20 @@ FACE_CHOICES = [
     ("Clearest detection", "highest_score"),
 ]
 POSE_CHOICES = [
+    ("Auto", "auto"),
     ("Reference face", "reference"),
     ("Pose image", "pose_image"),
+    ("Init image face", "init_image"),
     ("None (free pose)", "none"),
 ]
+#: What "Auto" means on each tab.
+AUTO_POSE_INFO = {
+    "txt2img": "Where the face position and angle come from. Auto: the reference face.",
+    "img2img": (
+        "Where the face position and angle come from. Auto: the face in the init image "
+        "(the one under the inpaint mask), else the reference face."
+    ),
+}
 RESIZE_CHOICES = ["Crop and Resize", "Resize and Fill", "Just Resize"]
 
 # The preview wants the keypoint hint at the size the user will generate at. A script's ui()
@@ -401,10 +411,10 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
 
         with gr.Row():
             c["pose_source"] = gr.Radio(
-                choices=POSE_CHOICES,
+                choices=[choice for choice in POSE_CHOICES if is_img2img or choice[1] != "init_image"],
                 value=default_value("pose_source"),
                 label="Pose from",
-                info="Where the face position and angle come from.",
+                info=AUTO_POSE_INFO[tab],
                 elem_id=eid("pose_source"),
             )
             c["face_choice"] = gr.Radio(
@@ -507,6 +517,30 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                 ),
                 elem_id=eid("face_region_only"),
             )
+            with gr.Row():
+                c["pose_face_choice"] = gr.Radio(
+                    choices=FACE_CHOICES,
+                    value=default_value("pose_face_choice"),
+                    label="Face in the pose / init image",
+                    info="Which face gives the keypoints (img2img with a mask: the face under it).",
+                    elem_id=eid("pose_face_choice"),
+                )
+                c["pose_face_index"] = gr.Number(
+                    value=default_value("pose_face_index"),
+                    precision=0,
+                    minimum=0,
+                    maximum=31,
+                    label="Face number",
+                    info="0 = leftmost face.",
+                    visible=False,
+                    elem_id=eid("pose_face_index"),
+                )
+            c["show_hint"] = gr.Checkbox(
+                value=default_value("show_hint"),
+                label="Add the keypoint image to the outputs",
+                info="Shows exactly what IdentityNet received, drawn where the sampler saw it.",
+                elem_id=eid("show_hint"),
+            )
 
         with gr.Accordion("Save as identity", open=False, elem_id=eid("save_accordion")):
             with gr.Row():
@@ -527,6 +561,9 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
     )
     c["face_choice"].change(
         show_face_index, inputs=[c["face_choice"]], outputs=[c["face_index"]], queue=False
+    )
+    c["pose_face_choice"].change(
+        show_face_index, inputs=[c["pose_face_choice"]], outputs=[c["pose_face_index"]], queue=False
     )
     identity_refresh.click(
         functools.partial(refresh_identities, env),

@@ -155,18 +155,22 @@ def three_faces() -> tuple[np.ndarray, list[DrawnFace]]:
     return img, drawn
 
 
-@lru_cache(maxsize=1)
-def recognizer_weights() -> tuple[np.ndarray, np.ndarray]:
-    """The fixed linear map of the fake recognizer: ``W`` (147, 512) and ``b`` (512,)."""
-    rng = np.random.default_rng(EMBED_SEED)
+@lru_cache(maxsize=4)
+def recognizer_weights(seed: int = EMBED_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed linear map of the fake recognizer: ``W`` (147, 512) and ``b`` (512,).
+
+    Another ``seed`` gives another recognizer's weights (see ``buffalo_pack``).
+    """
+    rng = np.random.default_rng(seed)
     n_in = 3 * (112 // EMBED_POOL) ** 2
     weight = (rng.standard_normal((n_in, 512)) * 0.5).astype(np.float32)
     bias = (rng.standard_normal(512) * 0.1).astype(np.float32)
     return weight, bias
 
 
-def expected_embedding(image_rgb: np.ndarray, kps: np.ndarray) -> np.ndarray:
-    """Recompute the fake recognizer's raw embedding for the face at ``kps`` in ``image_rgb``."""
+def pooled_crop(image_rgb: np.ndarray, kps: np.ndarray) -> np.ndarray:
+    """What the fake recognizers see: insightface's aligned 112×112 crop at ``kps``, normalised
+    as ArcFace input and average-pooled 16×16 → flat (147,)."""
     from insightface.utils import face_align
 
     bgr = np.ascontiguousarray(image_rgb[..., ::-1])
@@ -174,7 +178,12 @@ def expected_embedding(image_rgb: np.ndarray, kps: np.ndarray) -> np.ndarray:
     rgb = aligned[..., ::-1].astype(np.float32)
     x = ((rgb - 127.5) / 127.5).transpose(2, 0, 1)  # (3, 112, 112)
     n = 112 // EMBED_POOL
-    pooled = x.reshape(3, n, EMBED_POOL, n, EMBED_POOL).mean(axis=(2, 4)).reshape(-1)
+    return x.reshape(3, n, EMBED_POOL, n, EMBED_POOL).mean(axis=(2, 4)).reshape(-1)
+
+
+def expected_embedding(image_rgb: np.ndarray, kps: np.ndarray) -> np.ndarray:
+    """Recompute the fake recognizer's raw embedding for the face at ``kps`` in ``image_rgb``."""
+    pooled = pooled_crop(image_rgb, kps)
     weight, bias = recognizer_weights()
     return (pooled.astype(np.float64) @ weight.astype(np.float64) + bias).astype(np.float32)
 

@@ -76,6 +76,10 @@ def test_field_order_is_the_ui_order() -> None:
         "identitynet_model",
         "resize_mode",
         "face_region_only",
+        # Appended later: positional API calls written for the fields above keep working.
+        "pose_face_choice",
+        "pose_face_index",
+        "show_hint",
     )
 
 
@@ -86,7 +90,10 @@ def test_defaults_are_off_and_match_the_reference_pipeline() -> None:
     assert args.image_weights == []
     assert args.identity == ""
     assert (args.face_choice, args.face_index) == ("largest", 0)
-    assert (args.pose_source, args.pose_image) == ("reference", None)
+    # "auto": the reference's keypoints in txt2img, the init image's face in img2img.
+    assert (args.pose_source, args.pose_image) == ("auto", None)
+    assert (args.pose_face_choice, args.pose_face_index) == ("largest", 0)
+    assert args.show_hint is False
     assert (args.id_weight, args.id_start, args.id_end) == (0.8, 0.0, 1.0)
     assert (args.control_weight, args.control_start, args.control_end) == (0.8, 0.0, 1.0)
     assert (args.ip_adapter_model, args.identitynet_model) == ("Auto", "Auto")
@@ -257,7 +264,11 @@ def test_model_json_round_trips_through_parse() -> None:
         ({"face_index": 2.5}, "face_index", "whole number"),
         ({"face_index": "two"}, "face_index", "whole number (got 'two')"),
         ({"face_choice": "biggest"}, "face_choice", "'largest', 'index', 'highest_score' (got 'biggest')"),
-        ({"pose_source": "camera"}, "pose_source", "'reference', 'pose_image', 'none' (got 'camera')"),
+        (
+            {"pose_source": "camera"},
+            "pose_source",
+            "'auto', 'reference', 'pose_image', 'init_image', 'none' (got 'camera')",
+        ),
         ({"resize_mode": "stretch"}, "resize_mode", "'Crop and Resize', 'Resize and Fill', 'Just Resize'"),
         ({"resize_mode": 7}, "resize_mode", "(got 7)"),
         ({"enabled": "maybe"}, "enabled", "true or false (got 'maybe')"),
@@ -735,7 +746,7 @@ def test_from_infotext_ranges_with_exponents() -> None:
 
 def test_infotext_labels_cover_every_non_image_field() -> None:
     labels = infotext_labels()
-    assert set(labels) == set(ARG_FIELDS) - {"images", "pose_image"}
+    assert set(labels) == set(ARG_FIELDS) - {"images", "pose_image", "show_hint"}
     assert all(key == "InstantID" or key.startswith("InstantID ") for key in labels.values())
     assert labels["id_weight"] == "InstantID ID weight"
     assert labels["id_start"] == labels["id_end"] == "InstantID ID range"

@@ -356,9 +356,9 @@ def test_models_load_lazily_once_per_root_and_providers(
     loads: list[Path] = []
     real_load = face_mod._load
 
-    def counting_load(pack: Path, providers: tuple[str, ...]) -> Any:
+    def counting_load(pack: Path, providers: tuple[str, ...], *spec: Any) -> Any:
         loads.append(pack)
-        return real_load(pack, providers)
+        return real_load(pack, providers, *spec)
 
     monkeypatch.setattr(face_mod, "_load", counting_load)
     first = FaceAnalyzer(pack_root)

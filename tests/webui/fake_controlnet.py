@@ -51,6 +51,7 @@ MODULE_NAMES = (
     "scripts.global_state",
     "scripts.ipadapter.ipadapter_model",
     "scripts.hook",
+    "scripts.controlnet_model_guess",
     "scripts.infotext",
     "scripts.external_code",
     "internal_controlnet.external_code",
@@ -103,6 +104,13 @@ class RecordingControlModel(torch.nn.Module):
         b, _, h, w = x.shape
         sizes = [(h, w)] * 3 + [(h // 2, w // 2)] * 3 + [(h // 4, w // 4)] * 4
         return [torch.ones(b, 4, hh, ww) for hh, ww in sizes]
+
+
+class ControlModel(NamedTuple):
+    """``scripts.controlnet_model_guess.ControlModel``: the cached network and its type."""
+
+    model: torch.nn.Module
+    type: Any
 
 
 # -- building the modules ------------------------------------------------------------------
@@ -404,11 +412,12 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
             cfg_injection,
             hr_option=HiResFixOption.BOTH,
             control_context_override=None,
+            effective_region_mask=None,
             **kwargs,
         ):
             self.control_model = control_model
             self.preprocessor = preprocessor
-            self.hint_cond = hint_cond
+            self._hint_cond = hint_cond
             self.weight = weight
             self.guidance_stopped = guidance_stopped
             self.start_guidance_percent = start_guidance_percent
@@ -422,6 +431,25 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
             self.used_hint_cond = None
             self.soft_injection = soft_injection
             self.cfg_injection = cfg_injection
+            if version >= (1, 1, 446):  # per-unit residual masks (PR #2818)
+                self.effective_region_mask = effective_region_mask
+
+        @property
+        def hint_cond(self):
+            return self._hint_cond
+
+        @hint_cond.setter
+        def hint_cond(self, value) -> None:
+            # As ControlNet does: a new hint is re-read by the hook at the next step.
+            self._hint_cond = value
+            self.used_hint_cond = None
+
+        def apply_effective_region_mask(self, out: torch.Tensor) -> torch.Tensor:
+            mask = getattr(self, "effective_region_mask", None)
+            if mask is None:
+                return out
+            small = torch.nn.functional.interpolate(mask.to(out.device), size=out.shape[-2:], mode="bilinear")
+            return out * small
 
         def disabled_by_hr_option(self, is_in_high_res_fix: bool) -> bool:
             if self.hr_option == HiResFixOption.LOW_RES_ONLY:
@@ -470,9 +498,16 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
             """The context selection of ControlNet's hijacked UNet forward."""
             cond_mark, _uc, _c, context = unmark_prompt_context(context)
             self.cond_mark = cond_mark
+            self.residuals = []
             for param in self.control_params:
                 if param.used_hint_cond is None:
                     param.used_hint_cond = param.hint_cond
+                hr = param.hr_hint_cond
+                if isinstance(hr, torch.Tensor) and isinstance(param.hint_cond, torch.Tensor):
+                    # The hint whose height is nearer to the latent's (x8) is the one of this pass.
+                    h = x.shape[-2] * 8
+                    near_lr = abs(h - param.hint_cond.shape[-2]) < abs(h - hr.shape[-2])
+                    param.used_hint_cond = param.hint_cond if near_lr else hr
             for param in self.control_params:
                 if param.guidance_stopped or param.disabled_by_hr_option(False):
                     continue
@@ -488,7 +523,10 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
                     )
                 else:
                     controlnet_context = context
-                param.control_model(x=x, hint=hint, timesteps=timesteps, context=controlnet_context, y=y)
+                control = param.control_model(
+                    x=x, hint=hint, timesteps=timesteps, context=controlnet_context, y=y
+                )
+                self.residuals.append([param.apply_effective_region_mask(c * param.weight) for c in control])
             return context
 
     return _module(
@@ -837,6 +875,10 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
 
     class Script:
         model_cache: ClassVar[OrderedDict] = OrderedDict()
+        #: ``control_net_model_cache_size`` (default 2).
+        cache_size: ClassVar[int] = 2
+        #: Every file ``build_control_model`` read, in order (a stand-in for memory and load time).
+        loads: ClassVar[list] = []
 
         def __init__(self) -> None:
             self.latest_network = None
@@ -852,20 +894,30 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
             return get_enabled_units(p)
 
         @staticmethod
-        def load_control_model(model: str):
+        def load_control_model(p, unet, model: str) -> ControlModel:
+            """As ControlNet: a cache hit, else evict the oldest entry when full, build, cache."""
             if model in Script.model_cache:
                 return Script.model_cache[model]
+            size = Script.cache_size
+            if Script.model_cache and len(Script.model_cache) >= size:
+                Script.model_cache.popitem(last=False)
+            loaded = Script.build_control_model(p, unet, model)
+            if size > 0:
+                Script.model_cache[model] = loaded
+            return loaded
+
+        @staticmethod
+        def build_control_model(p, unet, model: str) -> ControlModel:
+            """Reads the file (recorded in ``loads``) and types it by its path, as build_model_by_guess."""
             path = gs.cn_models.get(model)
             if path is None:
                 raise RuntimeError(f"model not found: {model}")
             if not os.path.exists(path):
                 raise ValueError(f"file not found: {path}")
-            # build_model_by_guess: the type comes from the full path, lower-cased.
+            Script.loads.append(path)
             is_iid = "instant_id" in path.lower()
             model_type = ControlModelType.InstantID if is_iid else ControlModelType.ControlNet
-            loaded = (RecordingControlModel(model), model_type)
-            Script.model_cache[model] = loaded
-            return loaded
+            return ControlModel(RecordingControlModel(model), model_type)
 
         def process(self, p, *args, **kwargs) -> None:
             if self.latest_network is not None:
@@ -881,6 +933,10 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                     else {sp.Preprocessor.get_preprocessor(unit.module) for unit in self.enabled_units}
                 )
             h, w = p.height // 8 * 8, p.width // 8 * 8
+            hires = bool(getattr(p, "enable_hr", False))
+            if hires:
+                hr_w = int(p.hr_resize_x or p.width * p.hr_scale) // 8 * 8
+                hr_h = int(p.hr_resize_y or p.height * p.hr_scale) // 8 * 8
             forward_params = []
             self.detected_map = []
             for unit in self.enabled_units:
@@ -888,7 +944,7 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                     unit.bound_check_params()
                 preprocessor = sp.Preprocessor.get_preprocessor(unit.module)
                 assert preprocessor is not None
-                model_net, model_type = Script.load_control_model(unit.model)
+                model_net, model_type = Script.load_control_model(p, None, unit.model)
                 image = unit.image
                 if image is None:
                     raise ValueError("controlnet is enabled but no input image is given")
@@ -903,6 +959,7 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                 detected = result.value if version >= (1, 1, 446) else result
                 resize_mode = ec.resize_mode_from_value(unit.resize_mode)
                 control = detectmap_proc(detected, resize_mode, h, w)
+                hr_control = detectmap_proc(detected, resize_mode, hr_h, hr_w) if hires else None
                 if unit.save_detected_map:
                     self.detected_map.append((detected, unit.module))
                 control_mode = ec.control_mode_from_value(unit.control_mode)
@@ -918,7 +975,7 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                         advanced_weighting=None,
                         control_model_type=model_type,
                         global_average_pooling=False,
-                        hr_hint_cond=None,
+                        hr_hint_cond=hr_control,
                         hr_option=enums.HiResFixOption.BOTH,
                         soft_injection=control_mode != ec.ControlMode.BALANCED,
                         cfg_injection=control_mode == ec.ControlMode.CONTROL,
@@ -1055,6 +1112,9 @@ def build(version: Version = (1, 1, 455)) -> FakeControlNet:
                 "scripts.ipadapter.ipadapter_model", ImageEmbed=embed
             ),
             "scripts.hook": hook,
+            "scripts.controlnet_model_guess": _module(
+                "scripts.controlnet_model_guess", ControlModel=ControlModel
+            ),
             "internal_controlnet.external_code": internal,
             "scripts.external_code": public,
             "scripts.infotext": _infotext(version, internal),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 HOOK_ERRORS: list[BaseException] = []
@@ -105,6 +106,12 @@ def _register(name: str) -> Callable:
     return register
 
 
+def remove_callbacks_for_function(fn: Callable) -> None:
+    for callbacks in CALLBACKS.values():
+        while fn in callbacks:
+            callbacks.remove(fn)
+
+
 @dataclass
 class CFGDenoiserParams:
     x: torch.Tensor
@@ -146,11 +153,51 @@ class Processing:
     seed: int = 1
     cfg_mode: str = "together"  # together | chunked | separate | skip_uncond
     enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
     extra_generation_params: dict = field(default_factory=dict)
+    comments: dict = field(default_factory=dict)
     setup_prompts_called: bool = False
+    closed: bool = False
+    hr_upscale_to_x: int = 0
+    hr_upscale_to_y: int = 0
+    truncate_x: int = 0
+    truncate_y: int = 0
+    model_after_before_process: Any = None
+    """The checkpoint the WebUI loads between ``before_process`` and ``process`` (None: no change)."""
 
     def setup_prompts(self) -> None:
         self.setup_prompts_called = True
+
+    def comment(self, text: str) -> None:
+        self.comments[text] = 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def init(self) -> None:
+        """The hires target of ``calculate_target_resolution`` (1.6–1.10)."""
+        if not self.enable_hr:
+            return
+        if self.hr_resize_x == 0 and self.hr_resize_y == 0:
+            self.hr_upscale_to_x = int(self.width * self.hr_scale)
+            self.hr_upscale_to_y = int(self.height * self.hr_scale)
+        elif self.hr_resize_y == 0:
+            self.hr_upscale_to_x = self.hr_resize_x
+            self.hr_upscale_to_y = self.hr_resize_x * self.height // self.width
+        elif self.hr_resize_x == 0:
+            self.hr_upscale_to_x = self.hr_resize_y * self.width // self.height
+            self.hr_upscale_to_y = self.hr_resize_y
+        else:
+            if self.width / self.height < self.hr_resize_x / self.hr_resize_y:
+                self.hr_upscale_to_x = self.hr_resize_x
+                self.hr_upscale_to_y = self.hr_resize_x * self.height // self.width
+            else:
+                self.hr_upscale_to_x = self.hr_resize_y * self.width // self.height
+                self.hr_upscale_to_y = self.hr_resize_y
+            self.truncate_x = (self.hr_upscale_to_x - self.hr_resize_x) // 8
+            self.truncate_y = (self.hr_upscale_to_y - self.hr_resize_y) // 8
 
     def _conds(self, rows: int, seed: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
@@ -163,7 +210,9 @@ class Processing:
         unet = self.sd_model.model.diffusion_model
         n = x.shape[0]
         x_in = torch.cat([x, x])
-        params = CFGDenoiserParams(x_in, None, torch.full((2 * n,), 1.0), step, steps, c, uc)
+        params = CFGDenoiserParams(
+            x_in, None, torch.full((2 * n,), 1.0), step, steps, c, uc, types.SimpleNamespace(p=self)
+        )
         for fn in CALLBACKS.get("cfg_denoiser", []):
             fn(params)
         cond_in = {k: torch.cat([c[k], uc[k]]) for k in c}
@@ -199,8 +248,58 @@ class Processing:
         x = self._sample_pass(x)
         if self.enable_hr:
             self.scripts.before_hr(self)
-            x = self._sample_pass(torch.nn.functional.interpolate(x, scale_factor=2))
+            up = (self.hr_upscale_to_y // 8, self.hr_upscale_to_x // 8)
+            x = torch.nn.functional.interpolate(x, size=up)
+            tx, ty = self.truncate_x, self.truncate_y
+            x = x[:, :, ty // 2 : x.shape[2] - (ty + 1) // 2, tx // 2 : x.shape[3] - (tx + 1) // 2]
+            x = self._sample_pass(x)
         return x
+
+
+@dataclass
+class ProcessingImg2Img(Processing):
+    """``StableDiffusionProcessingImg2Img``: init image, inpaint mask and "Only masked" crop."""
+
+    init_images: list = field(default_factory=list)
+    image_mask: Any = None
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    paste_to: tuple | None = None
+
+    def init(self) -> None:
+        """The "Only masked" crop: the mask's box plus padding, widened to the output's aspect ratio."""
+        if self.image_mask is None or not self.inpaint_full_res:
+            return
+        mask = np.asarray(self.image_mask.convert("L")) > 127
+        if self.inpainting_mask_invert:
+            mask = ~mask
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            self.inpaint_full_res = False
+            return
+        img_h, img_w = mask.shape
+        pad = self.inpaint_full_res_padding
+        x1, y1 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
+        x2, y2 = min(int(xs.max()) + 1 + pad, img_w), min(int(ys.max()) + 1 + pad, img_h)
+        x1, x2 = _widen(x1, x2, (y2 - y1) * self.width / self.height, img_w)
+        y1, y2 = _widen(y1, y2, (x2 - x1) * self.height / self.width, img_h)
+        self.paste_to = (x1, y1, x2 - x1, y2 - y1)
+
+
+def _widen(lo: int, hi: int, want: float, limit: int) -> tuple[int, int]:
+    """Grow ``[lo, hi)`` symmetrically to at least ``want`` pixels, shifted to stay inside ``[0, limit)``."""
+    grow = int(want - (hi - lo))
+    if grow <= 0:
+        return lo, hi
+    lo, hi = lo - grow // 2, hi + grow - grow // 2
+    if hi > limit:
+        lo, hi = lo - (hi - limit), limit
+    if lo < 0:
+        lo, hi = 0, min(hi - lo, limit)
+    return lo, hi
 
 
 @dataclass
@@ -211,8 +310,12 @@ class Processed:
 
 def process_images(p: Processing) -> Processed:
     p.scripts.before_process(p)
+    swap = getattr(p, "model_after_before_process", None)
+    if swap is not None:  # the job's checkpoint (override_settings, after a refiner job) loads now
+        p.sd_model = swap
     p.setup_prompts()
     p.scripts.process(p)
+    p.init()
     samples = None
     for n in range(p.n_iter):
         p.scripts.process_batch(p, batch_number=n, prompts=[""], seeds=[p.seed], subseeds=[0])
@@ -220,6 +323,14 @@ def process_images(p: Processing) -> Processed:
     processed = Processed(samples, dict(p.extra_generation_params))
     p.scripts.postprocess(p, processed)
     return processed
+
+
+def run_job(p: Processing) -> Processed:
+    """What the WebUI's txt2img/img2img/API do: ``with closing(p): process_images(p)``."""
+    try:
+        return process_images(p)
+    finally:
+        p.close()
 
 
 # -- installing the stand-in -----------------------------------------------------------------
@@ -249,9 +360,11 @@ def install(models_path: Path) -> dict[str, types.ModuleType]:
     ):
         setattr(callbacks, f"on_{name}", _register(name))
     callbacks.CFGDenoiserParams = CFGDenoiserParams
+    callbacks.remove_callbacks_for_function = remove_callbacks_for_function
     processing = types.ModuleType("modules.processing")
     processing.process_images = process_images
     processing.StableDiffusionProcessingTxt2Img = Processing
+    processing.StableDiffusionProcessingImg2Img = ProcessingImg2Img
     installed = {
         "modules": modules,
         "modules.scripts": scripts,

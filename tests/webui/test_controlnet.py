@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,21 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from instantid_ext.args import InstantIDArgs
 from instantid_ext.errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
 from instantid_ext.keypoints import draw_kps
 from instantid_ext.webui import controlnet
 from instantid_ext.webui.controlnet import ControlNetBridge
+from instantid_ext.webui.job import Job
 from tests.webui import fake_controlnet as fake
 
 VERSIONS = [(1, 1, 444), (1, 1, 449), (1, 1, 455)]
 KPS = np.array([[400, 420], [620, 410], [510, 540], [430, 660], [600, 650]], dtype=np.float32)
 CTX = 2048
-
-
-@pytest.fixture(autouse=True)
-def _fresh_bridge_state(monkeypatch):
-    monkeypatch.setattr(controlnet, "_REGISTRY", controlnet._Registry())
-    monkeypatch.setattr(controlnet, "_FACE_DETECTOR", None)
 
 
 @pytest.fixture(params=VERSIONS, ids=lambda v: "cn-" + ".".join(map(str, v)))
@@ -96,6 +91,11 @@ def our_model(cn: fake.FakeControlNet, key: str) -> fake.RecordingControlModel:
     return cn.Script.model_cache[key][0]
 
 
+def job_for(p) -> Job:
+    """The owner of one generation's changes (what the script creates in ``before_process``)."""
+    return Job(p, InstantIDArgs())
+
+
 def run_controlnet(cn, p):
     """ControlNet's ``process`` for the job; returns its script."""
     script = cn.cn_script(p)
@@ -137,8 +137,8 @@ def test_version_flag_parsing():
 
 # -- preprocessor ----------------------------------------------------------------------------
 def test_preprocessor_registered_once_under_instant_id(cn, bridge):
-    assert bridge.register_preprocessor()
-    assert bridge.register_preprocessor()  # a UI reload registers again: no assertion, no duplicate
+    assert bridge.register_preprocessor(None)
+    assert bridge.register_preprocessor(None)  # a UI reload registers again: no assertion, no duplicate
     registry = cn.Preprocessor
     ours = registry.get_preprocessor(controlnet.PREPROCESSOR_NAME)
     assert ours is registry.get_preprocessor(controlnet.PREPROCESSOR_LABEL)
@@ -157,18 +157,18 @@ def test_preprocessor_registered_once_under_instant_id(cn, bridge):
 
 def test_preprocessor_registration_without_registry(cn, bridge, monkeypatch):
     monkeypatch.delitem(sys.modules, "scripts.supported_preprocessor")
-    assert bridge.register_preprocessor() is False
+    assert bridge.register_preprocessor(None) is False
 
 
 def test_preprocessor_draws_the_detected_keypoints_at_input_size(cn, bridge):
-    bridge.register_preprocessor()
     seen = []
 
     def detector(rgb: np.ndarray) -> np.ndarray:
         seen.append(rgb.shape)
         return KPS / 2
 
-    bridge.set_face_detector(detector)
+    bridge.register_preprocessor(None)
+    bridge.register_preprocessor(detector)  # a reload hands the registered instance the new detector
     ours = cn.Preprocessor.get_preprocessor(controlnet.PREPROCESSOR_NAME)
     photo = np.full((600, 500, 3), 128, np.uint8)
     result = ours.cached_call(photo, resolution=512, slider_1=-1, slider_2=-1, low_vram=False, model="x")
@@ -181,25 +181,55 @@ def test_preprocessor_draws_the_detected_keypoints_at_input_size(cn, bridge):
 
 
 def test_preprocessor_reports_no_face_and_no_detector(cn, bridge):
-    bridge.register_preprocessor()
+    bridge.register_preprocessor(None)
     ours = cn.Preprocessor.get_preprocessor(controlnet.PREPROCESSOR_NAME)
     photo = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(DependencyError, match="face analysis"):
         ours(photo, 512)
-    controlnet.set_face_detector(lambda rgb: None)
+    bridge.register_preprocessor(lambda rgb: None)
     with pytest.raises(NoFaceError, match="no face"):
         ours(photo, 512)
 
 
-# -- model ------------------------------------------------------------------------------------
-def test_model_key_for_a_neutral_path(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
-    assert bridge.identitynet_model_key(model_file) == key
+# -- model: one copy in memory, no file created -------------------------------------------------
+def weights_at(tmp_path: Path, relative: str) -> tuple[Path, Path]:
+    """An IdentityNet file (or diffusers folder) at ``relative``: (what the user picks, the weights)."""
+    source = tmp_path / relative
+    weights = source / "diffusion_pytorch_model.safetensors" if source.suffix == "" else source
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"identitynet weights")
+    return source, weights
+
+
+def load(cn, p, key: str):
+    return cn.Script.load_control_model(p, None, key)
+
+
+def test_a_file_controlnet_lists_as_a_plain_controlnet_uses_controlnets_own_name(cn, bridge, tmp_path):
+    source, weights = weights_at(tmp_path, "ControlNet/identitynet_sdxl.safetensors")
+    cn.global_state.on_disk["identitynet_sdxl [1234abcd]"] = str(weights)
+    cn.global_state.update_cn_models()
+    p = cn.job([cn.unit(enabled=False)])
+    job = job_for(p)
+    listing = dict(cn.global_state.cn_models)
+    assert bridge.identitynet_model_key(job, p, source) == "identitynet_sdxl [1234abcd]"
+    assert dict(cn.global_state.cn_models) == listing  # nothing added
+    assert job._undo == []  # and nothing to undo: ControlNet loads and caches it as usual
+    assert load(cn, p, "identitynet_sdxl [1234abcd]").type is cn.hook.ControlModelType.ControlNet
+
+
+def test_a_file_controlnet_does_not_list_gets_a_name_for_the_job(cn, bridge, model_file):
+    p = cn.job([cn.unit(enabled=False)])
+    job = job_for(p)
+    key = bridge.identitynet_model_key(job, p, model_file)
     assert cn.global_state.cn_models[key] == str(model_file.absolute())
     assert "xl" in key.lower() and "instant_id" not in key.lower()
-    assert cn.Script.load_control_model(key)[1] is cn.hook.ControlModelType.ControlNet
-    bridge.forget_models()
+    assert load(cn, p, key).type is cn.hook.ControlModelType.ControlNet
+    assert cn.Script.loads == [str(model_file.absolute())]
+    job.close()
     assert key not in cn.global_state.cn_models
+    assert "build_control_model" in vars(cn.Script)  # ControlNet's own loader is back
+    assert vars(cn.Script)["build_control_model"].__func__.__qualname__.startswith("_script_class")
 
 
 @pytest.mark.parametrize(
@@ -207,58 +237,87 @@ def test_model_key_for_a_neutral_path(cn, bridge, model_file):
     ["ControlNet/control_instant_id_sdxl.safetensors", "instant_id/ControlNetModel"],
     ids=["renamed-file", "diffusers-folder"],
 )
-def test_model_path_with_instant_id_is_linked_under_a_neutral_name(cn, bridge, tmp_path, relative):
-    source = tmp_path / relative
-    weights = source / "diffusion_pytorch_model.safetensors" if source.suffix == "" else source
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"identitynet weights")
+def test_instant_id_in_the_path_is_loaded_as_a_plain_controlnet_without_links(cn, bridge, tmp_path, relative):
+    source, weights = weights_at(tmp_path, relative)
     # What ControlNet does with the path as it is: InstantID, which needs an IP-Adapter unit first.
     cn.global_state.cn_models["as-is"] = str(weights)
-    assert cn.Script.load_control_model("as-is")[1] is cn.hook.ControlModelType.InstantID
+    p = cn.job([cn.unit(enabled=False)])
+    assert load(cn, p, "as-is").type is cn.hook.ControlModelType.InstantID
+    files_before = sorted(tmp_path.rglob("*"))
 
-    key = bridge.identitynet_model_key(source, cache_dir=tmp_path / "links")
-    given = cn.global_state.cn_models[key]
-    assert "instant_id" not in given.lower()
-    assert Path(given).parent == tmp_path / "links"
-    assert os.path.samefile(given, weights)
-    assert cn.Script.load_control_model(key)[1] is cn.hook.ControlModelType.ControlNet
-    assert bridge.identitynet_model_key(source, cache_dir=tmp_path / "links") == key  # link reused
+    job = job_for(p)
+    key = bridge.identitynet_model_key(job, p, source)
+    assert cn.global_state.cn_models[key] == str(weights.absolute())  # the real file, no link
+    ours = load(cn, p, key)
+    assert ours.type is cn.hook.ControlModelType.ControlNet
+    # One copy: the network ControlNet already holds for the file is shared, not read again.
+    assert ours.model is cn.Script.model_cache["as-is"].model
+    assert cn.Script.loads == [str(weights)]
+    assert sorted(tmp_path.rglob("*")) == files_before  # nothing created
+    job.close()
+    assert load(cn, p, "as-is").type is cn.hook.ControlModelType.InstantID  # untouched for the user
 
 
-def test_model_link_folder_must_be_neutral(cn, bridge, tmp_path):
-    source = tmp_path / "control_instant_id_sdxl.safetensors"
-    source.write_bytes(b"x")
-    with pytest.raises(ModelFileError, match="link folder"):
-        bridge.identitynet_model_key(source, cache_dir=tmp_path / "instant_id_links")
+def test_a_second_copy_left_from_an_earlier_job_is_dropped(cn, bridge, tmp_path):
+    source, weights = weights_at(tmp_path, "ControlNet/control_instant_id_sdxl.safetensors")
+    cn.Script.cache_size = 3
+    p = cn.job([cn.unit(enabled=False)])
+    first = job_for(p)
+    key = bridge.identitynet_model_key(first, p, source)
+    load(cn, p, key)  # our job loaded it first ...
+    first.close()
+    cn.global_state.cn_models["control_instant_id_sdxl [0]"] = str(weights)
+    load(cn, p, "control_instant_id_sdxl [0]")  # ... then ControlNet's own InstantID, a second copy
+    assert len(cn.Script.loads) == 2
+    second = job_for(p)
+    assert bridge.identitynet_model_key(second, p, source) == key
+    ours = load(cn, p, key)
+    assert ours.model is cn.Script.model_cache["control_instant_id_sdxl [0]"].model
+    assert len(cn.Script.loads) == 2  # shared from now on
+    assert sum(1 for m in cn.Script.model_cache.values() if m.model is ours.model) == 2
+    second.close()
+
+
+def test_nested_jobs_undo_their_own_loader_patch(cn, bridge, tmp_path):
+    source, _weights = weights_at(tmp_path, "ControlNet/control_instant_id_sdxl.safetensors")
+    p = cn.job([cn.unit(enabled=False)])
+    original = vars(cn.Script)["build_control_model"]
+    outer, inner = job_for(p), job_for(cn.job([cn.unit(enabled=False)]))
+    key = bridge.identitynet_model_key(outer, p, source)
+    bridge.identitynet_model_key(inner, p, source)
+    inner.close()
+    assert key in cn.global_state.cn_models  # the outer job still has it
+    assert load(cn, p, key).type is cn.hook.ControlModelType.ControlNet
+    outer.close()
+    assert vars(cn.Script)["build_control_model"] is original
+    assert key not in cn.global_state.cn_models
 
 
 def test_model_file_must_exist(cn, bridge, tmp_path):
+    p = cn.job([cn.unit(enabled=False)])
     with pytest.raises(ModelFileError, match="does not exist"):
-        bridge.identitynet_model_key(tmp_path / "nope.safetensors")
+        bridge.identitynet_model_key(job_for(p), p, tmp_path / "nope.safetensors")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match="diffusion_pytorch_model"):
-        bridge.identitynet_model_key(tmp_path / "empty")
-
-
-def test_model_entry_survives_a_controlnet_rescan(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
-    cn.global_state.update_cn_models()  # the refresh button drops runtime entries
-    assert key not in cn.global_state.cn_models
-    p = cn.job([cn.unit(enabled=False)])
-    bridge.inject_unit(p, hint_for(p), 0.8, 0.0, 1.0, key)
-    assert cn.global_state.cn_models[key] == str(model_file.absolute())
+        bridge.identitynet_model_key(job_for(p), p, tmp_path / "empty")
 
 
 # -- injection --------------------------------------------------------------------------------
+def inject(bridge, p, key, hint=None, weight=0.8, start=0.0, end=1.0, job=None):
+    job = job or job_for(p)
+    return job, bridge.inject_unit(job, p, hint_for(p) if hint is None else hint, weight, start, end, key)
+
+
 def test_unit_goes_into_the_last_disabled_slot(cn, bridge, model_file, tmp_path):
-    key = bridge.identitynet_model_key(model_file)
     user = user_unit(cn, user_model(cn, tmp_path, "canny_xl"))
     free = [cn.unit(enabled=False), cn.unit(enabled=False)]
     p = cn.job([user, *free])
+    job = job_for(p)
+    key = bridge.identitynet_model_key(job, p, model_file)
     before = p.script_args
     hint = hint_for(p)
 
-    handle = bridge.inject_unit(p, hint, 0.8, 0.1, 0.9, key)
+    _, handle = inject(bridge, p, key, hint, 0.8, 0.1, 0.9, job=job)
 
     args = p.script_args
     assert isinstance(args, tuple) and len(args) == len(before)
@@ -274,24 +333,23 @@ def test_unit_goes_into_the_last_disabled_slot(cn, bridge, model_file, tmp_path)
     assert not unit.pixel_perfect and not unit.low_vram
     assert not unit.save_detected_map and not unit.inpaint_crop_input_image
 
-    assert handle.restore(p)
+    job.close()
     assert p.script_args == before and p.script_args[4] is free[1]
-    assert not handle.restore(p)  # idempotent
+    job.close()  # idempotent
+    assert p.script_args == before
 
 
 def test_list_arguments_stay_a_list(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
     p = cn.job([cn.unit(enabled=False)])
     p.script_args = list(p.script_args)
-    bridge.inject_unit(p, hint_for(p), 1.0, 0.0, 1.0, key)
+    inject(bridge, p, "x")
     assert isinstance(p.script_args, list)
 
 
 def test_api_dict_units_follow_controlnets_own_enabled_default(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
     units = [{"enabled": False, "module": "none"}, {"enabled": False}, {"module": "none"}]
     p = cn.job(units)
-    handle = bridge.inject_unit(p, hint_for(p), 1.0, 0.0, 1.0, key)
+    _, handle = inject(bridge, p, "x", weight=1.0)
     # Without "enabled", 1.1.444-1.1.447 run the unit (dataclass default True); 1.1.448+ do not.
     expected = 1 if cn.version < (1, 1, 448) else 2
     assert handle.unit_index == expected
@@ -300,22 +358,21 @@ def test_api_dict_units_follow_controlnets_own_enabled_default(cn, bridge, model
 
 
 def test_no_free_unit_is_a_clear_error(cn, bridge, model_file, tmp_path):
-    key = bridge.identitynet_model_key(model_file)
     model = user_model(cn, tmp_path, "canny_xl")
     p = cn.job([user_unit(cn, model) for _ in range(3)])
     before = p.script_args
     with pytest.raises(InvalidInputError, match="All 3 ControlNet units are in use") as err:
-        bridge.inject_unit(p, hint_for(p), 1.0, 0.0, 1.0, key)
+        inject(bridge, p, "x")
     assert "Multi-ControlNet: ControlNet unit number" in str(err.value)
     assert p.script_args is before
 
 
 def test_controlnet_not_active_in_this_job(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
     p = cn.job([cn.unit(enabled=False)])
     p.scripts.alwayson_scripts.pop(1)
+    assert not bridge.has_script(p)
     with pytest.raises(DependencyError, match="not active"):
-        bridge.inject_unit(p, hint_for(p), 1.0, 0.0, 1.0, key)
+        inject(bridge, p, "x")
 
 
 @pytest.mark.parametrize(
@@ -328,34 +385,26 @@ def test_controlnet_not_active_in_this_job(cn, bridge, model_file):
     ],
 )
 def test_bad_unit_arguments(cn, bridge, model_file, hint, weight, start, end):
-    key = bridge.identitynet_model_key(model_file)
     p = cn.job([cn.unit(enabled=False)])
     with pytest.raises(InvalidInputError):
-        bridge.inject_unit(p, hint, weight, start, end, key)
-
-
-def test_injecting_twice_replaces_the_first(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
-    p = cn.job([cn.unit(enabled=False), cn.unit(enabled=False)])
-    first = bridge.inject_unit(p, hint_for(p), 1.0, 0.0, 1.0, key)
-    second = bridge.inject_unit(p, hint_for(p), 0.5, 0.0, 1.0, key)
-    assert first.restored and second.slot == first.slot
-    assert sum(arg is second.unit or arg is first.unit for arg in p.script_args) == 1
+        inject(bridge, p, "x", hint, weight, start, end)
 
 
 # -- face context -----------------------------------------------------------------------------
 @pytest.fixture
 def wired(cn, bridge, model_file, tmp_path):
     """A job with the user's units before and after ours, after ControlNet's ``process``."""
-    key = bridge.identitynet_model_key(model_file)
     before_model = user_model(cn, tmp_path, "depth_xl")
     after_model = user_model(cn, tmp_path, "canny_xl")
     units = [user_unit(cn, before_model, 0.6), cn.unit(enabled=False), cn.unit(enabled=False)]
     units.append(user_unit(cn, after_model, 0.4))
     p = cn.job(units)
-    hint = hint_for(p)
-    handle = bridge.inject_unit(p, hint, 0.8, 0.0, 0.9, key)
+    cn.Script.cache_size = 3  # three models in one job stay cached (ControlNet's default is 2)
+    job = job_for(p)
+    key = bridge.identitynet_model_key(job, p, model_file)
+    _, handle = inject(bridge, p, key, hint_for(p), 0.8, 0.0, 0.9, job=job)
     script = run_controlnet(cn, p)
+    p.job = job
     return p, handle, script, (before_model, after_model)
 
 
@@ -514,27 +563,49 @@ def test_hires_prompts_stay_unmarked_when_controlnet_is_not_hooked(cn, bridge, w
     assert fake.rows_of(p.hr_c, p.hr_uc).shape[1] == 77
 
 
-# -- cleanup ------------------------------------------------------------------------------------
-def test_cleanup_undoes_everything_and_is_idempotent(cn, bridge, wired):
+# -- the job's hint, hires hint and residual mask ----------------------------------------------
+def test_the_final_hint_replaces_the_provisional_one(cn, bridge, wired):
     p, handle, script, _ = wired
+    final = np.zeros_like(handle.hint)
+    final[10:20, 30:40] = 255
+    bridge.apply_face_context(p, handle, *face_tokens(), hint=final)
+    ours = script.latest_network.control_params[1]
+    assert torch.equal(ours.hint_cond, torch.from_numpy(final).float().div(255).permute(2, 0, 1)[None])
+    assert ours.used_hint_cond is None  # ControlNet re-reads it at the next step
+    assert handle.param is ours
+
+
+def test_residual_mask_per_unit_or_by_hook_on_old_controlnet(cn, bridge, wired):
+    p, handle, script, _ = wired
+    mask = np.zeros((1024, 1024), np.float32)
+    mask[:512] = 1.0  # the top half
+    bridge.apply_face_context(p, handle, *face_tokens(), region_mask=mask)
+    tokens = torch.from_numpy(mask)[None, None]
+    hook = bridge.residual_mask_hook(handle, lambda: tokens, 16)
+    ours = script.latest_network.control_params[1]
+    network = script.latest_network
+    cond, uncond = prompts(1, seed=4)
+    network.hook(None, None, network.control_params, p)
+    network.forward(torch.zeros(2, 4, 16, 16), context=fake.rows_of(cond, uncond))
+    if cn.version >= (1, 1, 446):
+        assert hook is None
+        residual = network.residuals[1][0]
+    else:  # the hook multiplied our model's output itself
+        assert hook is not None
+        residual = network.residuals[1][0]
+        hook.remove()
+    assert residual[0, 0, 0, 0] == pytest.approx(ours.weight)  # top: IdentityNet acts
+    assert residual[0, 0, -1, 0] == 0.0  # bottom: nothing
+    assert torch.all(network.residuals[0][0] == 0.6)  # the user's unit is not masked
+
+
+# -- the job's undo ------------------------------------------------------------------------------
+def test_closing_the_job_undoes_everything_and_is_idempotent(cn, bridge, wired):
+    p, handle, _script, _ = wired
     original = handle.original
     bridge.apply_face_context(p, handle, *face_tokens())
-    bridge.cleanup(p)
+    p.job.close()
     assert p.script_args[handle.slot] is original
-    ours = script.latest_network.control_params[1]
-    assert ours.control_model_type is cn.hook.ControlModelType.ControlNet
-    assert ours.control_context_override is None
     assert handle.model_key not in cn.global_state.cn_models
-    bridge.cleanup(p)
-    bridge.cleanup(None)
-    assert not handle.restore(p)
-
-
-def test_next_job_cleans_up_a_job_whose_postprocess_never_ran(cn, bridge, model_file):
-    key = bridge.identitynet_model_key(model_file)
-    p = cn.job([cn.unit(enabled=False)])
-    original = p.script_args[2]
-    ControlNetBridge.detect().inject_unit(p, hint_for(p), 1.0, 0.0, 1.0, key)
-    ControlNetBridge.detect().cleanup(None)  # a new bridge, from the next job's start
-    assert p.script_args[2] is original
-    assert key not in cn.global_state.cn_models
+    p.job.close()
+    assert p.script_args[handle.slot] is original

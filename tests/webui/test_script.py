@@ -13,34 +13,7 @@ from PIL import Image
 from instantid_ext.errors import IncompatibleModelError, InstantIDError, NoFaceError
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.sgm_unet import make_unet
-from tests.fakes.weights import adapter_checkpoint, save_bin
 from tests.webui import fake_host
-
-
-@pytest.fixture(scope="module")
-def unet() -> torch.nn.Module:
-    return make_unet(seed=3)
-
-
-@pytest.fixture(scope="module")
-def models_path(tmp_path_factory: pytest.TempPathFactory, unet: torch.nn.Module) -> Path:
-    root = tmp_path_factory.mktemp("webui") / "models"
-    (root / "instantid").mkdir(parents=True)
-    save_bin(adapter_checkpoint(unet, seed=4), root / "instantid" / "ip-adapter.bin")
-    fp.write_pack(root / "insightface")
-    return root
-
-
-@pytest.fixture
-def host(models_path: Path):
-    fake_host.install(models_path)
-    script_module = importlib.import_module("instantid_ext.webui.script")
-    importlib.import_module("instantid_ext.webui.callbacks").register_callbacks()
-    yield script_module
-    from instantid_ext.ip_attention import remove_all_patches
-
-    remove_all_patches()
-    fake_host.uninstall()
 
 
 def face_photo(ident: int = 1) -> Image.Image:
@@ -58,7 +31,7 @@ def new_job(host, unet, args: tuple, **kwargs) -> fake_host.Processing:
 
 
 def run(host, unet, args: tuple, **kwargs) -> fake_host.Processed:
-    return fake_host.process_images(new_job(host, unet, args, **kwargs))
+    return fake_host.run_job(new_job(host, unet, args, **kwargs))
 
 
 def no_hooks(module: torch.nn.Module) -> bool:
@@ -228,14 +201,20 @@ def test_preview_draws_faces_and_the_hint(host) -> None:
 
 
 def test_script_unload_removes_everything(host, unet) -> None:
-    from instantid_ext.ip_attention import IPAttentionPatch
-    from instantid_ext.webui import services
+    job = new_job(host, unet, (enabled(),))
+    seen = {}
 
-    _, adapter = services.resources().adapter()
-    tokens = adapter.face_tokens(torch.zeros(512))
-    IPAttentionPatch(unet, adapter, tokens, tokens)
-    for fn in fake_host.CALLBACKS["script_unloaded"]:
-        fn()
+    def unload_while_sampling(self, **kwargs):
+        seen["hooked"] = not no_hooks(unet)
+        for fn in fake_host.CALLBACKS["script_unloaded"]:
+            fn()
+        seen["after_unload"] = no_hooks(unet)
+        return torch.zeros(1)
+
+    job.sample = unload_while_sampling.__get__(job)
+    fake_host.run_job(job)
+    assert seen == {"hooked": True, "after_unload": True}
+    assert host.run.run_of(job) is None  # closed
     assert no_hooks(unet)
 
 
@@ -248,16 +227,6 @@ def test_face_keypoints_for_controlnets_preprocessor(host) -> None:
 
 
 # -- IdentityNet through (a stand-in of) sd-webui-controlnet ---------------------------------
-@pytest.fixture
-def with_identitynet(models_path: Path) -> Path:
-    from tests.fakes.weights import save_identitynet_folder, tiny_identitynet
-
-    folder = models_path / "instantid" / "ControlNetModel"
-    if not folder.exists():
-        save_identitynet_folder(tiny_identitynet(), folder)
-    return folder
-
-
 def test_identitynet_runs_through_controlnet_with_face_tokens_as_context(
     host, unet, with_identitynet: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,8 +259,9 @@ def test_identitynet_runs_through_controlnet_with_face_tokens_as_context(
         text = torch.randn(3, 77, 2048)
         marks = torch.tensor([1024.0, -1024.0, 1024.0])[:, None, None].expand(3, 1, 2048)
         net.forward(torch.zeros(3, 4, 8, 8), context=torch.cat([marks, text], dim=1))
-        seen["ours"] = params[-1].control_model.calls[-1]["context"]
-        seen["user"] = params[0].control_model.calls[-1]["context"]
+        # The user's unit uses the same IdentityNet file: ControlNet holds it once, called per unit.
+        seen["shared"] = params[-1].control_model is params[0].control_model
+        seen["user"], seen["ours"] = (call["context"] for call in params[0].control_model.calls[-2:])
         seen["text"] = text
         seen["slot"] = self.script_args[2]
         return fake_host.Processing.sample(self, **kwargs)
@@ -301,7 +271,9 @@ def test_identitynet_runs_through_controlnet_with_face_tokens_as_context(
     assert fake_host.HOOK_ERRORS == []
     assert seen["types"] == ["ControlNet", "InstantID"]  # the user's unit untouched, ours retyped
     assert seen["weights"] == [1.0, 0.7]
-    assert seen["slot"].model.startswith("InstantID-IdentityNet")  # the last free slot, no renaming
+    # The last free slot, under ControlNet's own name for the file: one copy in memory, no renaming.
+    assert seen["slot"].model == "user_canny [0]"
+    assert seen["shared"] and len(cn.Script.loads) == 1
     _, adapter = importlib.import_module("instantid_ext.webui.services").resources().adapter()
     cond = adapter.face_tokens(torch.tensor(face_embedding()))
     uncond = adapter.uncond_tokens()
@@ -342,10 +314,10 @@ def test_face_keys_are_computed_once_per_job(host, unet, monkeypatch) -> None:
 
     monkeypatch.setattr(IPAttentionPatch, "_precompute", counting)
     job = new_job(host, unet, (enabled(),), n_iter=3)
-    fake_host.process_images(job)
+    fake_host.run_job(job)
     assert fake_host.HOOK_ERRORS == []
     assert len(calls) == 1
-    assert host.run.state_of(job).precomputed == {}  # released after the job
+    assert job._instantid_job.precomputed == {}  # released after the job
 
 
 def test_face_region_only_masks_identitynet_residuals_for_the_job(
@@ -365,20 +337,19 @@ def test_face_region_only_masks_identitynet_residuals_for_the_job(
     )
     seen = {}
 
-    def call_model() -> list[torch.Tensor]:
-        model = seen["model"]
-        return model(x=torch.zeros(1, 4, 8, 8), hint=None, timesteps=None, context=None, y=None)
+    def residuals() -> list[torch.Tensor]:
+        network = cn_script.latest_network
+        marks = torch.tensor([1024.0, -1024.0])[:, None, None].expand(2, 1, 2048)
+        network.forward(torch.zeros(2, 4, 8, 8), context=torch.cat([marks, torch.zeros(2, 77, 2048)], 1))
+        return network.residuals[-1]  # ours, after ControlNet's weight and per-unit mask
 
     def inner_sample(self, **kwargs):
-        seen["model"] = cn_script.latest_network.control_params[-1].control_model
-        seen["during"] = call_model()
+        seen["during"] = residuals()
         return fake_host.Processing.sample(self, **kwargs)
 
     job.sample = inner_sample.__get__(job)
-    fake_host.process_images(job)
+    fake_host.run_job(job)
     assert fake_host.HOOK_ERRORS == []
     first = seen["during"][0][0, 0]  # full latent resolution: 8×8 for a 64×64 output
-    assert first[4, 4] == 1.0  # inside the face box
+    assert first[4, 4] == pytest.approx(0.8)  # inside the face box: IdentityNet at its weight
     assert first[0, 0] == 0.0  # outside it: IdentityNet adds nothing there
-    assert all(r.shape[-2:] == o.shape[-2:] for r, o in zip(seen["during"], call_model(), strict=True))
-    assert all(torch.equal(r, torch.ones_like(r)) for r in call_model())  # hook gone after the job

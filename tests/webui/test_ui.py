@@ -141,7 +141,7 @@ def test_default_values_parse_to_the_defaults(tab: str) -> None:
         "None",
         "largest",
         0,
-        "reference",
+        "auto",
         None,
         0.8,
         0.0,
@@ -152,6 +152,9 @@ def test_default_values_parse_to_the_defaults(tab: str) -> None:
         "Auto",
         "Auto",
         "Crop and Resize",
+        False,
+        "largest",
+        0,
         False,
     ]
     assert InstantIDArgs.parse(values) == InstantIDArgs()
@@ -190,6 +193,9 @@ def test_values_as_gradio_delivers_them_parse(tmp_path: Any) -> None:
         "identitynet_model": "Auto",
         "resize_mode": "Just Resize",
         "face_region_only": True,
+        "pose_face_choice": "index",
+        "pose_face_index": 1,
+        "show_hint": True,
     }
     values = [comps[name].preprocess(payload[name]) for name in ARG_FIELDS]
     assert all(isinstance(v, bytes) for v in values[1])
