@@ -9,9 +9,11 @@ nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import re
 import sys
@@ -24,7 +26,7 @@ from .antelopev2 import candidate_roots, find_root, pack_status
 from .errors import InstantIDError
 from .models import AUTO, ModelKind, resolve_model, scan_models, short_hash
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).absolute().parent  # not resolve(): keep a symlinked extensions/<name>
 
 
 # --------------------------------------------------------------------------------------
@@ -60,10 +62,20 @@ def find_models_dir(given: Path | None, cwd: Path, package_dir: Path = PACKAGE_D
         return given.expanduser(), "--models-dir"
     if (cwd / "models").is_dir():
         return cwd / "models", "the current folder"
-    extension = package_dir.parent
-    if extension.parent.name == "extensions" and (extension.parent.parent / "models").is_dir():
-        return extension.parent.parent / "models", "the WebUI folder this extension is installed in"
+    for extension in (cwd, package_dir.parent):  # run in the extension's folder, or from anywhere
+        if extension.parent.name == "extensions" and (extension.parent.parent / "models").is_dir():
+            return extension.parent.parent / "models", "the WebUI folder this extension is installed in"
     return cwd / "models", "default: no WebUI models folder found, pass --models-dir"
+
+
+def current_folder() -> Path:
+    """The working folder as the shell names it ($PWD keeps a symlinked ``extensions/<name>``)."""
+    logical = os.environ.get("PWD")
+    if logical and Path(logical).is_absolute():
+        with contextlib.suppress(OSError):
+            if Path(logical).resolve() == Path.cwd().resolve():
+                return Path(logical)
+    return Path.cwd()
 
 
 def _controlnet_extension(webui: Path) -> Path | None:
@@ -85,7 +97,7 @@ def make_layout(
 ) -> Layout:
     """The same search order as the extension in the WebUI: InstantID's folder (``instantid_dir``
     is the WebUI's ``--instantid-models-dir``), then ControlNet's."""
-    models, found_by = find_models_dir(models_dir, cwd or Path.cwd(), package_dir)
+    models, found_by = find_models_dir(models_dir, cwd or current_folder(), package_dir)
     controlnet = _controlnet_extension(models.parent)
     ours = instantid_dir.expanduser() if instantid_dir is not None else models / "instantid"
     model_dirs = [ours, models / "ControlNet"]

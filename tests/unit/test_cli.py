@@ -189,6 +189,11 @@ def test_models_folder_is_found_from_where_the_command_runs(tmp_path: Path) -> N
         webui / "models",
         "the WebUI folder this extension is installed in",
     )
+    # run in the extension's folder, even when the package was found elsewhere (a symlinked clone)
+    assert find_models_dir(None, package.parent, elsewhere / "instantid_ext") == (
+        webui / "models",
+        "the WebUI folder this extension is installed in",
+    )
     assert find_models_dir(None, elsewhere, elsewhere / "instantid_ext") == (
         elsewhere / "models",
         "default: no WebUI models folder found, pass --models-dir",
