@@ -234,7 +234,7 @@ def gradio_credentials() -> dict[str, str]:
         from modules import initialize_util
 
         pairs = list(initialize_util.get_gradio_auth_creds())
-    except (ImportError, AttributeError):  # no WebUI helper (a stand-in host): same format, parsed here
+    except (ImportError, AttributeError):  # not in this WebUI (a stand-in host): same format, parsed here
         pairs = None
     except OSError as err:
         logger.error("Cannot read the --gradio-auth-path file (%s).", err)
