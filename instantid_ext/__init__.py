@@ -1,7 +1,9 @@
 """InstantID for the AUTOMATIC1111 WebUI: the core, importable without the WebUI.
 
 The host glue (A1111 and ControlNet) lives in :mod:`instantid_ext.webui`; everything
-exported here works in any Python process with torch installed.
+exported here works in any Python process with torch installed. ``python -m instantid_ext``
+checks an install and analyses faces (:mod:`.cli`); it starts even when torch, numpy or
+OpenCV is missing, so that it can say so.
 """
 
 from __future__ import annotations
@@ -14,12 +16,27 @@ from .errors import (
     ModelFileError,
     NoFaceError,
 )
-from .face import Face, FaceAnalyzer, choose_face, mean_embedding
-from .identity import Identity, IdentityStore, load_identity, save_identity
-from .ip_adapter import IPAdapter, load_ip_adapter
-from .ip_attention import IPAttentionPatch, RowRouter, ip_attention, remove_all_patches
-from .keypoints import draw_kps, kps_image_for_output, map_points
-from .resampler import Resampler
+
+try:
+    from .face import Face, FaceAnalyzer, choose_face, mean_embedding
+    from .identity import Identity, IdentityStore, load_identity, save_identity
+    from .ip_adapter import IPAdapter, load_ip_adapter
+    from .ip_attention import IPAttentionPatch, RowRouter, ip_attention, remove_all_patches
+    from .keypoints import draw_kps, kps_image_for_output, map_points
+    from .resampler import Resampler
+except ImportError as _missing:  # torch, numpy or OpenCV is missing: `python -m instantid_ext doctor` says so
+    _IMPORT_ERROR: ImportError | None = _missing
+else:
+    _IMPORT_ERROR = None
+
+
+def __getattr__(name: str) -> object:
+    """Only reached for a public name that could not be imported: raise the original error."""
+    if _IMPORT_ERROR is not None and name in __all__:
+        raise _IMPORT_ERROR
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 __version__ = "0.1.0"
 

@@ -104,7 +104,7 @@ class Resources:
             self._scorer = None
 
     def status(self) -> dict[str, object]:
-        """What is found and what is missing, with the paths to create (JSON-ready)."""
+        """What is found, what was rejected and why, and what is missing (JSON-ready)."""
         locations = self.locations
         inventory = self.inventory(refresh=True)
         try:
@@ -113,11 +113,19 @@ class Resources:
             providers = str(err)
         return {
             "model_dirs": [str(p) for p in locations.model_dirs],
-            "adapters": [{"name": m.name, "path": str(m.path)} for m in inventory.adapters],
-            "identitynets": [{"name": m.name, "path": str(m.path)} for m in inventory.identitynets],
+            "adapters": [_model_json(m) for m in inventory.adapters],
+            "identitynets": [_model_json(m) for m in inventory.identitynets],
+            "rejected": [
+                {"name": r.name, "path": str(r.path), "kind": r.kind, "reason": r.reason}
+                for r in inventory.rejected
+            ],
             "antelopev2": pack_status(locations.insightface_roots),
             "providers_requested": locations.providers,
             "providers_used": providers,
             "identity_dir": str(locations.identity_dir),
             "identities": self.identities().names(),
         }
+
+
+def _model_json(model: ModelFile) -> dict[str, object]:
+    return {"name": model.name, "path": str(model.path), **dict(model.details)}

@@ -401,10 +401,11 @@ def delete_identity(resources: Resources, name: str) -> DeleteIdentityResponse:
     return DeleteIdentityResponse(deleted=True)
 
 
-def status(resources: Resources, info: dict[str, Any]) -> dict[str, Any]:
-    """``info`` first (versions, ControlNet), then what the model scan found, then what is missing."""
+def status(resources: Resources, info: dict[str, Any], host_problem: str | None = None) -> dict[str, Any]:
+    """``info`` first (versions, ControlNet), then what the model scan found and rejected, then
+    what is missing; ``host_problem`` (an unsupported WebUI) comes first among the problems."""
     found = resources.status()
-    problems: dict[str, str | None] = {}
+    problems: dict[str, str | None] = {"host": host_problem} if host_problem else {}
     checks: dict[str, Callable[[], object]] = {
         "ip_adapter": resources.adapter_file,
         "identitynet": resources.identitynet,
@@ -434,12 +435,14 @@ def register_routes(
     info: Callable[[], dict[str, Any]],
     *,
     dependencies: Sequence[Any] = (),
+    host_problem: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Add the ``/instantid/v1/`` routes to ``app``, replacing ones a previous load added.
 
-    ``resources`` and ``info`` are called on every request, so a reloaded extension or a
-    changed setting takes effect at once. ``dependencies`` (e.g. ``fastapi.Depends`` on the
-    WebUI's API auth) apply to every route.
+    ``resources``, ``info`` and ``host_problem`` are called on every request, so a reloaded
+    extension or a changed setting takes effect at once. ``dependencies`` (the WebUI's auth,
+    see :func:`instantid_ext.webui.host.api_dependencies`) apply to every route.
+    ``host_problem`` says why this WebUI cannot run InstantID at all (e.g. Forge), or None.
     """
     router = fastapi.APIRouter(
         prefix=PREFIX, tags=[TAG], route_class=_InstantIDRoute, dependencies=list(dependencies)
@@ -452,8 +455,8 @@ def register_routes(
 
     @router.get("/status", response_model=dict[str, Any], responses=_ERRORS)
     def get_status() -> dict[str, Any]:
-        """Versions, models found and missing (with the paths to use), providers, identities."""
-        return status(resources(), info())
+        """Versions, models found, rejected (with the reason) and missing, providers, identities."""
+        return status(resources(), info(), host_problem())
 
     @router.get("/schema", response_model=dict[str, Any], responses=_ERRORS)
     def get_schema() -> dict[str, Any]:

@@ -40,7 +40,8 @@ def on_script_unloaded() -> None:
 
 
 def api_info() -> dict[str, Any]:
-    ok, message = controlnet_status()
+    unsupported = host.forge_message()
+    ok, message = (False, unsupported) if unsupported else controlnet_status()
     return {
         "version": __version__,
         "webui_version": host.webui_version(),
@@ -51,7 +52,9 @@ def api_info() -> dict[str, Any]:
 def on_app_started(demo: Any, app: Any) -> None:
     from .api import register_routes
 
-    register_routes(app, resources, api_info, dependencies=host.api_dependencies())
+    register_routes(
+        app, resources, api_info, dependencies=host.api_dependencies(), host_problem=host.forge_message
+    )
 
 
 def register_controlnet_preprocessor() -> None:
@@ -66,8 +69,21 @@ def register_controlnet_preprocessor() -> None:
     bridge.register_preprocessor(face_keypoints_for_controlnet)
 
 
+_REPORTED_HOST: list[str] = []
+
+
+def report_unsupported_host() -> None:
+    """Say once per process, at load, that Forge and its forks are not supported (yet)."""
+    message = host.forge_message()
+    if message and message not in _REPORTED_HOST:
+        _REPORTED_HOST.append(message)
+        logger.error("%s", message)
+
+
 def register_callbacks() -> None:
     configure_logging()
+    report_unsupported_host()
+    host.use_webui_hash_cache()
     script_callbacks.on_script_unloaded(on_script_unloaded)
     script_callbacks.on_app_started(on_app_started)
     script_callbacks.on_ui_settings(settings.add_settings)

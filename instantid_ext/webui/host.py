@@ -1,22 +1,30 @@
 """Every use of the WebUI's own modules, in one place, with the version differences handled.
 
-Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1. The rest of :mod:`instantid_ext.webui`
-asks this module for paths, options and model checks instead of importing ``modules.*``,
-which keeps the glue testable with a small stand-in of these few names.
+Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1; Forge and its forks are recognised and
+refused (:func:`forge_message`). The rest of :mod:`instantid_ext.webui` asks this module for
+paths, options, model checks, the protection of our HTTP routes (the WebUI's own
+``--api-auth``/``--gradio-auth``) and the WebUI's hash cache instead of importing
+``modules.*``, which keeps the glue testable with a small stand-in of these few names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from secrets import compare_digest
 from typing import Any
 
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from modules import paths, script_callbacks, shared
 
 from ..errors import IncompatibleModelError, InstantIDError
+from ..file_hashes import set_hash_store
 from ..resources import Locations
 from ..sdxl_layers import sdxl_attn2_layers
 
@@ -261,22 +269,223 @@ def webui_version() -> str:
         return "unknown"
 
 
+# -- HTTP protection --------------------------------------------------------------------------
+UNAUTHORIZED = "Incorrect username or password"
+GRADIO_TOKEN_COOKIES = ("access-token", "access-token-unsecure")
+"""The cookies gradio 3.41 sets at the WebUI's login page; ``app.tokens`` maps them to users."""
+
+
+def _parse_credentials(text: str | None) -> dict[str, str]:
+    """``"u1:p1,u2:p2"`` (the format of ``--api-auth`` and ``--gradio-auth``) as a dict."""
+    users: dict[str, str] = {}
+    for item in str(text or "").split(","):
+        item = item.strip()
+        if ":" in item:
+            user, password = item.split(":", 1)
+            users[user] = password
+    return users
+
+
+def api_credentials() -> dict[str, str]:
+    """The users of ``--api-auth``."""
+    return _parse_credentials(cmd_opt("api_auth"))
+
+
+def gradio_auth_enabled() -> bool:
+    """Whether the WebUI's page asks for a login (``--gradio-auth`` or ``--gradio-auth-path``)."""
+    return bool(cmd_opt("gradio_auth") or cmd_opt("gradio_auth_path"))
+
+
+def gradio_credentials() -> dict[str, str]:
+    """The users of ``--gradio-auth`` and ``--gradio-auth-path``, read as the WebUI reads them
+    (an unreadable file gives no users: only the login cookie is then accepted)."""
+    try:
+        from modules import initialize_util
+
+        pairs = list(initialize_util.get_gradio_auth_creds())
+    except (ImportError, AttributeError):  # not in this WebUI (a stand-in host): same format, parsed here
+        pairs = None
+    except OSError as err:
+        logger.error("Cannot read the --gradio-auth-path file (%s).", err)
+        return {}
+    if pairs is not None:
+        return {str(pair[0]): str(pair[1]) for pair in pairs if len(pair) == 2}
+    users = _parse_credentials(cmd_opt("gradio_auth"))
+    auth_path = cmd_opt("gradio_auth_path")
+    if auth_path:
+        try:
+            lines = Path(auth_path).read_text(encoding="utf8").splitlines()
+        except OSError as err:
+            logger.error("Cannot read the --gradio-auth-path file %s (%s).", auth_path, err)
+            return users
+        for line in lines:
+            users.update(_parse_credentials(line))
+    return users
+
+
+def _ui_login_user(request: Any) -> str | None:
+    """The user logged in to the WebUI's page (gradio's login cookie), or None."""
+    tokens = getattr(request.app, "tokens", None)
+    if not isinstance(tokens, dict):
+        return None
+    for name in GRADIO_TOKEN_COOKIES:
+        token = request.cookies.get(name)
+        if token and token in tokens:
+            return str(tokens[token])
+    return None
+
+
 def api_dependencies() -> list[Any]:
-    """FastAPI dependencies enforcing the WebUI's ``--api-auth`` on our routes too."""
-    auth = cmd_opt("api_auth")
-    if not auth:
-        return []
-    from secrets import compare_digest
+    """FastAPI dependencies that protect our routes the way the WebUI protects itself.
 
-    from fastapi import Depends, HTTPException
-    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    * ``--api-auth``: HTTP basic with those users, exactly like the WebUI's ``/sdapi`` routes;
+    * otherwise ``--gradio-auth``/``--gradio-auth-path``: the UI's users, either as HTTP basic
+      or through the login cookie a browser got at the WebUI's login page;
+    * neither: open, like the WebUI's own API.
 
-    users = dict(item.split(":", 1) for item in str(auth).split(",") if ":" in item)
+    Credentials are read once, when the routes are registered (the WebUI does the same).
+    """
 
-    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> None:  # noqa: B008
+    def matches(users: dict[str, str], credentials: HTTPBasicCredentials | None) -> bool:
+        if credentials is None:
+            return False
         password = users.get(credentials.username)
-        if password is not None and compare_digest(credentials.password, password):
-            return
-        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+        return password is not None and compare_digest(credentials.password.encode(), password.encode())
 
-    return [Depends(check)]
+    def refuse(credentials: HTTPBasicCredentials | None) -> HTTPException:
+        detail = UNAUTHORIZED if credentials is not None else "Not authenticated"  # as FastAPI's HTTPBasic
+        return HTTPException(401, detail, headers={"WWW-Authenticate": "Basic"})
+
+    api_users = api_credentials()
+    if api_users:
+
+        def check_api(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> None:  # noqa: B008
+            if not matches(api_users, credentials):
+                raise refuse(credentials)
+
+        return [Depends(check_api)]
+    if gradio_auth_enabled():
+        ui_users = gradio_credentials()
+        optional_basic = HTTPBasic(auto_error=False)
+
+        def check_ui(
+            request: Request,
+            credentials: HTTPBasicCredentials | None = Depends(optional_basic),  # noqa: B008
+        ) -> None:
+            if matches(ui_users, credentials) or _ui_login_user(request) is not None:
+                return
+            raise refuse(credentials)
+
+        return [Depends(check_ui)]
+    return []
+
+
+# -- file hashes in the WebUI's cache -------------------------------------------------------------
+class WebUIHashStore:
+    """The WebUI's own hash cache (``cache.json`` / ``cache/`` in its data folder), which keeps
+    checkpoint and LoRA hashes across restarts, keyed by a title and the file's mtime.
+
+    Titles are ``instantid/<absolute path>``: unique per file, so two files of the same name
+    in different folders never share an entry. With ``--no-hashing`` the WebUI's function
+    returns nothing; the digest is then computed and kept in memory only.
+    """
+
+    @staticmethod
+    def title(path: Path) -> str:
+        return f"instantid/{Path(path).resolve().as_posix()}"
+
+    def lookup(self, path: Path) -> str | None:
+        from modules import hashes
+
+        value = hashes.sha256(str(path), self.title(path))
+        return str(value) if value else None
+
+    def record(self, path: Path, sha256: str) -> None:
+        """Nothing: the WebUI keeps what it computes itself, and keeps nothing under --no-hashing."""
+
+
+def use_webui_hash_cache() -> None:
+    """Keep InstantID's model hashes (for infotexts) in the WebUI's persistent hash cache."""
+    try:
+        from modules import hashes
+    except ImportError:
+        return
+    if callable(getattr(hashes, "sha256", None)):
+        set_hash_store(WebUIHashStore())
+
+
+# -- Forge and its forks ----------------------------------------------------------------------------
+_FORGE_VERSION = re.compile(r"""^\s*version\s*=\s*['"]([^'"]*)['"]""", re.MULTILINE)
+
+
+def _forge_version() -> str:
+    """``modules_forge.forge_version.version``, read without importing Forge's modules."""
+    module = sys.modules.get("modules_forge.forge_version")
+    if module is not None:
+        return str(getattr(module, "version", "") or "")
+    try:
+        spec = importlib.util.find_spec("modules_forge")
+    except (ImportError, ValueError):
+        return ""
+    locations = list(getattr(spec, "submodule_search_locations", None) or [])
+    for folder in locations:
+        try:
+            match = _FORGE_VERSION.search((Path(folder) / "forge_version.py").read_text(encoding="utf8"))
+        except OSError:
+            continue
+        if match:
+            return match.group(1)
+    return ""
+
+
+def _is_forge_family() -> bool:
+    if "modules_forge" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("modules_forge") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _builtin_extension_names() -> list[str]:
+    root = getattr(paths, "script_path", None)
+    if not root:
+        return []
+    try:
+        return [entry.name for entry in (Path(root) / "extensions-builtin").iterdir()]
+    except OSError:
+        return []
+
+
+def forge_name() -> str | None:
+    """ "Forge", "reForge", "Forge Classic" or "Forge Neo" (with its version) when the WebUI is
+    one of them, else None.
+
+    All of them ship the ``modules_forge`` package, which AUTOMATIC1111 does not have. reForge
+    is told apart by its built-in ``reForge-…`` extensions; Haoming02's forks by their version
+    string ("classic"/"neo").
+    """
+    if not _is_forge_family():
+        return None
+    version = _forge_version()
+    lowered = version.lower()
+    if lowered.startswith("neo"):
+        name = "Forge Neo"
+    elif lowered.startswith("classic"):
+        name = "Forge Classic"
+    elif any("reforge" in entry.lower() for entry in _builtin_extension_names()):
+        name = "reForge"
+    else:
+        name = "Forge"
+    return f"{name} ({version})" if version and lowered not in ("neo", "classic") else name
+
+
+def forge_message() -> str | None:
+    """The one sentence shown on Forge and its forks (console, every job, /status), else None."""
+    name = forge_name()
+    if name is None:
+        return None
+    return (
+        f"InstantID does not support Stable Diffusion WebUI {name} yet: it runs only in the AUTOMATIC1111 "
+        "WebUI 1.6.0 to 1.10.1, so use it there."
+    )

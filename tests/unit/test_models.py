@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -199,3 +201,299 @@ def test_loading_works_on_torch_without_mmap(checkpoint: dict, tmp_path: Path, m
 
     monkeypatch.setattr(torch.serialization, "load", old_torch_load)
     assert len(load_ip_adapter(save_bin(checkpoint, tmp_path / "ip-adapter.bin")).to_v_ip) == 70
+
+
+# -- one check for scan, status and loading: rejected files keep their reason ---------------------
+ADAPTER_FIX = "download InstantID's ip-adapter.bin from InstantX/InstantID on Hugging Face instead."
+IDENTITYNET_FIX = (
+    "download InstantID's ControlNetModel/diffusion_pytorch_model.safetensors (with its config.json) "
+    "from InstantX/InstantID on Hugging Face instead."
+)
+
+
+def _copy(checkpoint: dict) -> dict:
+    return {group: dict(sd) for group, sd in checkpoint.items()}
+
+
+def _small_ip_layers(context: int = 2048, lora: bool = False) -> dict:
+    hidden = [8] * 4 + [16] * 50 + [8] * 6 + [16] * 10
+    layers = {
+        f"{2 * n + 1}.{kind}.weight": torch.zeros(width, context)
+        for n, width in enumerate(hidden)
+        for kind in ("to_k_ip", "to_v_ip")
+    }
+    if lora:
+        layers["1.to_q_lora.down.weight"] = torch.zeros(4, 8)
+    return layers
+
+
+def _adapter_variants() -> dict[str, tuple[dict, str | None]]:
+    """Adapters users put where InstantID's belongs, with the exact reason each gets."""
+    sd15 = {"image_proj": {"proj.weight": torch.zeros(8, 16)}, "ip_adapter": _small_ip_layers(context=768)}
+    plus = {
+        "image_proj": resampler_state_dict(dim=64, heads=1, emb=1280, queries=16),
+        "ip_adapter": _small_ip_layers(),
+    }
+    faceid = {
+        "image_proj": {"proj.0.weight": torch.zeros(32, 512), "proj.2.weight": torch.zeros(64, 32)},
+        "ip_adapter": _small_ip_layers(lora=True),
+    }
+    tokens_1024 = {
+        "image_proj": resampler_state_dict(dim=64, heads=1, out=1024),
+        "ip_adapter": _small_ip_layers(),
+    }
+    queries_4 = {
+        "image_proj": resampler_state_dict(dim=64, heads=1, queries=4),
+        "ip_adapter": _small_ip_layers(),
+    }
+    good = {"image_proj": resampler_state_dict(dim=64, heads=1), "ip_adapter": _small_ip_layers()}
+    wrong_width = _copy(good)
+    wrong_width["ip_adapter"]["121.to_v_ip.weight"] = torch.zeros(8, 2048)
+    damaged = _copy(good)
+    damaged["image_proj"]["layers.2.0.to_kv.weight"] = torch.zeros(64, 64)
+    return {
+        "sd15": (sd15, "is an SD1.5 IP-Adapter (768-d tokens), not InstantID's SDXL adapter"),
+        "plus": (
+            plus,
+            "is an SDXL IP-Adapter Plus (a Resampler over 1280-d CLIP image features), "
+            "not InstantID's adapter",
+        ),
+        "faceid": (faceid, "is an SDXL IP-Adapter FaceID, not InstantID's adapter"),
+        "tokens_1024": (
+            tokens_1024,
+            "has a Resampler that makes 1024-d tokens where InstantID's makes 2048-d ones (SDXL's context "
+            "width), so it is not InstantID's adapter",
+        ),
+        "queries_4": (
+            queries_4,
+            "has a Resampler that makes 4 tokens where InstantID's makes 16, "
+            "so it is not InstantID's adapter",
+        ),
+        "wrong_width": (
+            wrong_width,
+            "has ip_adapter.121.to_v_ip.weight 8 wide where SDXL's layout needs 16 "
+            "(InstantID's adapter has 640 and 1280), so it cannot be used",
+        ),
+        "damaged": (
+            damaged,
+            "has a damaged Resampler (image_proj.layers.2.0.to_kv.weight is [64, 64] "
+            "where the rest of it needs [128, 64]), so it cannot be loaded",
+        ),
+        "good": (good, None),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_adapter_variants()))
+def test_scan_status_and_loading_agree_on_every_adapter(tmp_path: Path, variant: str) -> None:
+    """The scan lists exactly the files loading accepts; the others carry the loader's reason."""
+    payload, issue = _adapter_variants()[variant]
+    ours = tmp_path / "models" / "instantid"
+    ours.mkdir(parents=True)
+    path = save_bin(payload, ours / "ip-adapter.bin")
+    inventory = scan_models([ours])
+    try:
+        load_ip_adapter(path, dtype=torch.float32)
+        loads = True
+    except IncompatibleModelError as err:
+        loads = False
+        assert f"cannot be used: it {issue}." in str(err)
+    assert loads == (issue is None) == (inventory.names("ip_adapter") == ["ip-adapter.bin"])
+    if issue is None:
+        assert inventory.rejected == []
+        return
+    (rejected,) = inventory.rejected
+    assert rejected.kind == "ip_adapter"
+    assert rejected.reason == f"'{path}' {issue}; {ADAPTER_FIX}"
+    with pytest.raises(ModelFileError) as info:
+        resolve_model("ip_adapter", AUTO, inventory)
+    assert str(info.value) == f"No usable InstantID adapter found (searched '{ours}'). {rejected.reason}"
+
+
+def test_an_sd15_adapter_in_our_folder_gets_the_exact_sentence(tmp_path: Path) -> None:
+    ours = tmp_path / "models" / "instantid"
+    ours.mkdir(parents=True)
+    path = save_bin(_adapter_variants()["sd15"][0], ours / "ip-adapter.bin")
+    with pytest.raises(ModelFileError) as info:
+        resolve_model("ip_adapter", AUTO, scan_models([ours, tmp_path / "models" / "ControlNet"]))
+    assert str(info.value) == (
+        f"No usable InstantID adapter found (searched '{ours}', '{tmp_path / 'models' / 'ControlNet'}'). "
+        f"'{path}' is an SD1.5 IP-Adapter (768-d tokens), not InstantID's SDXL adapter; download InstantID's "
+        "ip-adapter.bin from InstantX/InstantID on Hugging Face instead."
+    )
+
+
+def test_an_sd15_controlnet_named_like_identitynet_gets_the_exact_sentence(tmp_path: Path) -> None:
+    ours = tmp_path / "models" / "instantid"
+    folder = save_identitynet_folder(
+        tiny_identitynet(cross_attention_dim=768, projection_dim=0), ours / "ControlNetModel"
+    )
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    inventory = scan_models([ours])
+    assert inventory.names("identitynet") == []
+    with pytest.raises(ModelFileError) as info:
+        resolve_model("identitynet", AUTO, inventory)
+    assert str(info.value) == (
+        f"No usable InstantID IdentityNet found (searched '{ours}'). '{weights}' is an SD1.5 ControlNet "
+        f"(768-d cross-attention), not InstantID's SDXL IdentityNet; {IDENTITYNET_FIX}"
+    )
+    with pytest.raises(IncompatibleModelError) as by_name:
+        resolve_model("identitynet", "ControlNetModel", inventory)
+    assert (
+        str(by_name.value)
+        == f"The InstantID IdentityNet 'ControlNetModel' cannot be used: {inventory.rejected[0].reason}"
+    )
+
+
+def test_identitynet_saved_as_bin_is_rejected_as_loading_would(identitynet_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    ours = tmp_path / "instantid"
+    (ours / "ControlNetModel").mkdir(parents=True)
+    weights = ours / "ControlNetModel" / "diffusion_pytorch_model.bin"
+    torch.save(load_file(str(identitynet_dir / "diffusion_pytorch_model.safetensors")), weights)
+    inventory = scan_models([ours])
+    assert inventory.names("identitynet") == []
+    (rejected,) = inventory.rejected
+    assert rejected.reason == (
+        f"'{weights}' is an SDXL ControlNet stored as a .bin file, but IdentityNet is given to "
+        f"ControlNet only as a .safetensors file; {IDENTITYNET_FIX}"
+    )
+    # the .safetensors next to it wins, and the .bin twin is then not reported
+    shutil.copy(identitynet_dir / "diffusion_pytorch_model.safetensors", ours / "ControlNetModel")
+    (ours / "ControlNetModel" / "diffusion_pytorch_model.safetensors").touch()
+    again = scan_models([ours])
+    assert again.names("identitynet") == ["ControlNetModel"]
+    assert again.rejected == []
+
+
+def test_broken_downloads_in_our_folder_are_named(checkpoint: dict, tmp_path: Path) -> None:
+    ours = tmp_path / "instantid"
+    ours.mkdir()
+    good = save_safetensors(checkpoint, tmp_path / "whole.safetensors")
+    cut = ours / "ip-adapter.safetensors"
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    pointer = ours / "ControlNetModel" / "diffusion_pytorch_model.safetensors"
+    pointer.parent.mkdir()
+    pointer.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 2502139136\n")
+    inventory = scan_models([ours])
+    reasons = {r.path.name: (r.kind, r.reason) for r in inventory.rejected}
+    assert reasons["ip-adapter.safetensors"] == (
+        "ip_adapter",
+        f"'{cut}' is incomplete ({len(data) // 2:,} of {len(data):,} bytes): the download was interrupted; "
+        "download it again.",
+    )
+    assert reasons["diffusion_pytorch_model.safetensors"] == (
+        "identitynet",
+        f"'{pointer}' is a Git LFS pointer file, not the model (the repository was cloned without Git LFS); "
+        "download the real file again.",
+    )
+    with pytest.raises(ModelFileError, match="incomplete"):
+        resolve_model("ip_adapter", AUTO, inventory)
+    with pytest.raises(ModelFileError, match="Git LFS pointer"):
+        resolve_model("identitynet", AUTO, inventory)
+
+
+def test_only_files_meant_for_instantid_are_reported(checkpoint: dict, tmp_path: Path) -> None:
+    """ControlNet's folder is full of other models: only InstantID-named ones are reported there."""
+    from instantid_ext.identity import Identity, IdentityStore
+
+    ours = tmp_path / "instantid"
+    controlnet = tmp_path / "ControlNet"
+    ours.mkdir()
+    controlnet.mkdir()
+    sd15 = _adapter_variants()["sd15"][0]
+    save_bin(sd15, controlnet / "ip-adapter_sd15.bin")
+    named = save_bin(sd15, controlnet / "ip-adapter_instant_id_sdxl.bin")
+    save_file({"x": torch.zeros(2)}, str(controlnet / "unrelated.safetensors"))
+    stray = ours / "sd_xl_base.safetensors"
+    save_file({"model.diffusion_model.conv_in.weight": torch.zeros(2)}, str(stray))
+    identity = Identity(embedding=torch.ones(512).numpy(), name="ada")
+    IdentityStore(ours / "identities").save("ada", identity)
+    inventory = scan_models([ours, controlnet])
+    assert sorted(r.path for r in inventory.rejected) == sorted([named, stray])
+    by_path = {r.path: r for r in inventory.rejected}
+    assert by_path[stray].kind is None
+    assert by_path[stray].reason == (
+        f"'{stray}' is a Stable Diffusion checkpoint or UNet, not one of InstantID's models; "
+        "InstantID does not use it."
+    )
+    # a file that is neither kind explains both missing models
+    with pytest.raises(ModelFileError, match="checkpoint or UNet"):
+        resolve_model("identitynet", AUTO, inventory)
+
+
+def test_rejections_do_not_hide_a_usable_model(checkpoint: dict, tmp_path: Path) -> None:
+    ours = tmp_path / "instantid"
+    ours.mkdir()
+    save_bin(_adapter_variants()["sd15"][0], ours / "ip-adapter.bin")
+    save_bin(checkpoint, ours / "ip-adapter_instantid.bin")
+    inventory = scan_models([ours])
+    assert resolve_model("ip_adapter", AUTO, inventory).name == "ip-adapter_instantid.bin"
+    assert [r.name for r in inventory.rejected] == ["ip-adapter.bin"]
+    assert inventory.adapters[0].details["format"] == "torch"
+    assert inventory.adapters[0].details["dtype"] == "float32"
+
+
+# -- hashes ---------------------------------------------------------------------------------------
+class _CountingStore:
+    def __init__(self, known: dict[Path, str] | None = None) -> None:
+        self.known = dict(known or {})
+        self.lookups: list[Path] = []
+        self.recorded: dict[Path, str] = {}
+
+    def lookup(self, path: Path) -> str | None:
+        self.lookups.append(path)
+        return self.known.get(path)
+
+    def record(self, path: Path, sha256: str) -> None:
+        self.recorded[path] = sha256
+
+
+@pytest.fixture
+def fresh_hashes(monkeypatch: pytest.MonkeyPatch):
+    from instantid_ext import file_hashes
+
+    monkeypatch.setattr(file_hashes, "_HASHES", {})
+    yield file_hashes
+    file_hashes.set_hash_store(None)
+
+
+def test_short_hash_comes_from_the_store_when_it_has_one(tmp_path: Path, fresh_hashes) -> None:
+    path = tmp_path / "ip-adapter.bin"
+    path.write_bytes(b"abc")
+    store = _CountingStore({path: "f" * 64})
+    fresh_hashes.set_hash_store(store)
+    assert short_hash(path) == "ffffffffff"  # the store's digest: the file is not read
+    assert short_hash(path) == "ffffffffff"
+    assert store.lookups == [path]  # then kept in memory
+
+
+def test_computed_hashes_are_recorded_and_are_the_sha256_prefix(tmp_path: Path, fresh_hashes) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    store = _CountingStore()
+    fresh_hashes.set_hash_store(store)
+    assert short_hash(path) == "ba7816bf8f"
+    assert store.recorded == {path: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+
+
+def test_json_hash_store_survives_a_restart_and_notices_changes(tmp_path: Path, fresh_hashes) -> None:
+    from instantid_ext.models import JsonHashStore
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    cache = tmp_path / "hashes.json"
+    fresh_hashes.set_hash_store(JsonHashStore(cache))
+    assert short_hash(path) == "ba7816bf8f"
+    saved = json.loads(cache.read_text())
+    assert saved[str(path.resolve())]["sha256"].startswith("ba7816bf8f")
+    # a new process: nothing in memory; the file's digest is taken from the JSON file
+    fresh_hashes._HASHES.clear()
+    saved[str(path.resolve())]["sha256"] = "0" * 64
+    cache.write_text(json.dumps(saved))
+    assert short_hash(path) == "0000000000"
+    # the file changes: its entry no longer applies
+    fresh_hashes._HASHES.clear()
+    path.write_bytes(b"abcd")
+    assert short_hash(path) == hashlib.sha256(b"abcd").hexdigest()[:10]

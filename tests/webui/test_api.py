@@ -562,3 +562,46 @@ def test_dependencies_guard_every_route(host: str, locations: Locations) -> None
         response = getattr(client, method)(f"/instantid/v1{path}")
         assert response.status_code == 401
         assert response.json()["detail"] == "Incorrect username or password"
+
+
+def test_status_gives_the_reason_a_file_in_the_models_folder_is_rejected(
+    locations: Locations, tmp_path: Path
+) -> None:
+    """An SD1.5 adapter saved as ip-adapter.bin: the reason, not "put it in <where it already is>"."""
+    import torch
+
+    from tests.fakes.weights import save_bin
+
+    ours = locations.model_dirs[0]
+    ours.mkdir(parents=True)
+    sd15 = {
+        "image_proj": {"proj.weight": torch.zeros(8, 16)},
+        "ip_adapter": {
+            f"{2 * n + 1}.{kind}.weight": torch.zeros(8, 768)
+            for n in range(16)
+            for kind in ("to_k_ip", "to_v_ip")
+        },
+    }
+    adapter = save_bin(sd15, ours / "ip-adapter.bin")
+    body = make_client(locations).get("/instantid/v1/status").json()
+    reason = (
+        f"'{adapter}' is an SD1.5 IP-Adapter (768-d tokens), not InstantID's SDXL adapter; "
+        "download InstantID's ip-adapter.bin from InstantX/InstantID on Hugging Face instead."
+    )
+    assert body["adapters"] == []
+    assert body["rejected"] == [
+        {"name": "ip-adapter.bin", "path": str(adapter), "kind": "ip_adapter", "reason": reason}
+    ]
+    assert (
+        body["problems"]["ip_adapter"] == f"No usable InstantID adapter found (searched '{ours}'). {reason}"
+    )
+    assert body["ready"] is False
+
+
+def test_status_puts_an_unsupported_host_first(locations: Locations) -> None:
+    message = "InstantID does not support this WebUI."
+    body = make_client(locations, host_problem=lambda: message).get("/instantid/v1/status").json()
+    assert next(iter(body["problems"])) == "host"
+    assert body["problems"]["host"] == message
+    assert body["ready"] is False
+    assert "host" not in make_client(locations).get("/instantid/v1/status").json()["problems"]
