@@ -23,7 +23,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from modules import paths, script_callbacks, shared
 
-from ..errors import IncompatibleModelError, InstantIDError
+from ..errors import DependencyError, IncompatibleModelError, InstantIDError
 from ..file_hashes import set_hash_store
 from ..resources import Locations
 from ..sdxl_layers import sdxl_attn2_layers
@@ -478,6 +478,13 @@ def forge_name() -> str | None:
     else:
         name = "Forge"
     return f"{name} ({version})" if version and lowered not in ("neo", "classic") else name
+
+
+def check_supported() -> None:
+    """Raise :class:`DependencyError` with the one sentence when the WebUI is Forge or a fork."""
+    message = forge_message()
+    if message is not None:
+        raise DependencyError(message)
 
 
 def forge_message() -> str | None:

@@ -61,6 +61,7 @@ class InstantIDScript(scripts.Script):
         try:
             if not is_enabled(args):
                 return
+            host.check_supported()
             parsed = InstantIDArgs.parse(args)
             run.start(p, parsed, services.resources())
         except InstantIDError as err:

@@ -34,8 +34,12 @@ def resources() -> Resources:
 
 
 def controlnet_status() -> tuple[bool, str]:
+    """Whether IdentityNet can run, and the sentence the panel shows (Forge is refused first)."""
     from .controlnet import ControlNetBridge
 
+    forge = host.forge_message()
+    if forge is not None:
+        return False, forge
     return ControlNetBridge.available()
 
 
