@@ -133,13 +133,14 @@ def nested_arguments(args: InstantIDArgs) -> dict[str, Any]:
 def changed_box(targets: Sequence[FaceTarget], size: Size) -> tuple[int, int, int, int] | None:
     """The box outside of which a face pass over ``targets`` changes no pixel.
 
-    Only masked pixels are pasted back; the mask reaches its box plus the feathering. The
-    context padding around it is sampled but not pasted.
+    Only masked pixels are pasted back; the feathered mask reaches its box plus three times
+    the blur radius (the Gaussian's tail). The context padding around it is sampled but not
+    pasted.
     """
     if not targets:
         return None
     width, height = size
-    reach = [(t.mask_box, t.feather) for t in targets]
+    reach = [(t.mask_box, 3 * t.feather) for t in targets]
     x1 = min(b[0] - f for b, f in reach)
     y1 = min(b[1] - f for b, f in reach)
     x2 = max(b[2] + f for b, f in reach)

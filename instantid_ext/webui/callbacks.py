@@ -14,7 +14,7 @@ from modules import script_callbacks
 
 from .. import __version__
 from . import host, job, settings
-from .services import controlnet_status, face_keypoints_for_controlnet, resources
+from .services import controlnet_status, face_keypoints_for_controlnet, remove_legacy_links, resources
 
 logger = logging.getLogger("instantid_ext")
 
@@ -55,6 +55,7 @@ def on_app_started(demo: Any, app: Any) -> None:
     register_routes(
         app, resources, api_info, dependencies=host.api_dependencies(), host_problem=host.forge_message
     )
+    remove_legacy_links()
 
 
 def register_controlnet_preprocessor() -> None:

@@ -6,8 +6,10 @@ Holds the process-wide :class:`Resources` (model scan, loaded adapter; located t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -41,6 +43,37 @@ def controlnet_status() -> tuple[bool, str]:
     if forge is not None:
         return False, forge
     return ControlNetBridge.available()
+
+
+#: Folders where versions up to 0.1.0 gave ControlNet links to IdentityNet (no longer made).
+LEGACY_LINK_FOLDER = ".controlnet-links"
+LEGACY_LINK_GLOB = "identitynet-*.safetensors"
+
+
+def remove_legacy_links() -> int:
+    """Delete the IdentityNet links earlier versions left next to the user's models; how many.
+
+    They were hard links (or symlinks) named ``identitynet-<hash>.safetensors`` in
+    ``<InstantID models folder>/.controlnet-links``; removing one never removes the model it
+    points to. The folder goes too once empty.
+    """
+    removed = 0
+    folders = [Path(d) / LEGACY_LINK_FOLDER for d in resources().locations.model_dirs[:1]]
+    folders.append(Path(__file__).resolve().parents[2] / "cache" / "controlnet")
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for link in folder.glob(LEGACY_LINK_GLOB):
+            try:
+                link.unlink()
+                removed += 1
+            except OSError as err:
+                logger.warning("Could not remove the old IdentityNet link %s: %s", link, err)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    if removed:
+        logger.info("Removed %d IdentityNet link(s) made by an earlier version of InstantID", removed)
+    return removed
 
 
 def face_keypoints_for_controlnet(image: np.ndarray) -> np.ndarray | None:

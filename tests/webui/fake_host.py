@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 
 HOOK_ERRORS: list[BaseException] = []
 
@@ -75,6 +76,9 @@ class ScriptRunner:
 
     def before_hr(self, p):
         self._each("before_hr", p)
+
+    def postprocess_image(self, p, pp):
+        self._each("postprocess_image", p, pp)
 
     def postprocess(self, p, processed):
         self._each("postprocess", p, processed)
@@ -142,8 +146,8 @@ class Processing:
     """``StableDiffusionProcessingTxt2Img`` reduced to what the hooks and sampler use."""
 
     sd_model: Any
-    script_args: tuple
-    scripts: ScriptRunner
+    script_args: tuple = ()
+    scripts: Any = None
     width: int = 64
     height: int = 64
     batch_size: int = 1
@@ -160,6 +164,13 @@ class Processing:
     comments: dict = field(default_factory=dict)
     setup_prompts_called: bool = False
     closed: bool = False
+    prompt: str = "a photo"
+    negative_prompt: str = ""
+    sampler_name: str = "Euler"
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    base_image: Any = None
+    """The picture a txt2img job "generates" (the stand-in has no VAE)."""
     hr_upscale_to_x: int = 0
     hr_upscale_to_y: int = 0
     truncate_x: int = 0
@@ -268,6 +279,19 @@ class ProcessingImg2Img(Processing):
     resize_mode: int = 0
     denoising_strength: float = 0.75
     paste_to: tuple | None = None
+    mask: Any = None
+    """The constructor's name for the inpaint mask (stored as ``image_mask``, as the WebUI does)."""
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    styles: list = field(default_factory=list)
+    outpath_samples: Any = None
+    outpath_grids: Any = None
+
+    def __post_init__(self) -> None:
+        if self.image_mask is None:
+            self.image_mask = self.mask
 
     def init(self) -> None:
         """The "Only masked" crop: the mask's box plus padding, widened to the output's aspect ratio."""
@@ -304,8 +328,53 @@ def _widen(lo: int, hi: int, want: float, limit: int) -> tuple[int, int]:
 
 @dataclass
 class Processed:
-    images: torch.Tensor
+    images: list
+    """One PIL image per output, after every script's ``postprocess_image`` (as the WebUI's)."""
     extra_generation_params: dict
+    latents: torch.Tensor | None = None
+    """The last batch's final latents (what the stand-in's sampler computed)."""
+    infotexts: list = field(default_factory=list)
+    """Per output: ``extra_generation_params`` as the WebUI reads them for that image's infotext."""
+
+
+@dataclass
+class PostprocessImageArgs:
+    image: Image.Image
+
+
+RENDERER: Callable[[Any, Image.Image], Image.Image] | None = None
+"""What the stand-in "model" paints into an img2img canvas (tests set it); None: the canvas as is."""
+
+
+def _latent_picture(latent: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """A picture standing in for the VAE decode: the latent's first 3 channels, upscaled."""
+    rgb = latent[:3].float()
+    rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min() + 1e-6) * 255
+    array = rgb.permute(1, 2, 0).numpy().astype(np.uint8)
+    return Image.fromarray(array).resize(size, Image.NEAREST)
+
+
+def _decode(p: Processing, samples: torch.Tensor) -> list[Image.Image]:
+    """The pictures of one batch: txt2img's ``base_image`` or latents; img2img paints and pastes back."""
+    size = (int(p.width), int(p.height))
+    if not isinstance(p, ProcessingImg2Img) or not p.init_images:
+        base = getattr(p, "base_image", None)
+        return [base.copy() if base is not None else _latent_picture(s, size) for s in samples]
+    init = p.init_images[0].convert("RGB")
+    if p.paste_to is None:
+        canvas = init.resize(size, Image.LANCZOS)
+        painted = RENDERER(p, canvas) if RENDERER is not None else canvas
+        return [painted for _ in samples]
+    x, y, w, h = p.paste_to
+    canvas = init.crop((x, y, x + w, y + h)).resize(size, Image.LANCZOS)
+    painted = RENDERER(p, canvas) if RENDERER is not None else canvas
+    # apply_overlay: the sampled crop goes back into the picture, only where the mask is.
+    pasted = init.copy()
+    pasted.paste(painted.resize((w, h), Image.LANCZOS), (x, y))
+    mask = p.image_mask.convert("L")
+    if p.mask_blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(p.mask_blur))
+    return [Image.composite(pasted, init, mask) for _ in samples]
 
 
 def process_images(p: Processing) -> Processed:
@@ -314,13 +383,25 @@ def process_images(p: Processing) -> Processed:
     if swap is not None:  # the job's checkpoint (override_settings, after a refiner job) loads now
         p.sd_model = swap
     p.setup_prompts()
+    p.all_seeds = [p.seed + i for i in range(p.batch_size * p.n_iter)]
+    p.all_prompts = [p.prompt] * len(p.all_seeds)
+    p.all_negative_prompts = [p.negative_prompt] * len(p.all_seeds)
     p.scripts.process(p)
     p.init()
     samples = None
+    outputs, infotexts = [], []
     for n in range(p.n_iter):
-        p.scripts.process_batch(p, batch_number=n, prompts=[""], seeds=[p.seed], subseeds=[0])
-        samples = p.sample(conditioning=None, unconditional_conditioning=None, seeds=[p.seed])
-    processed = Processed(samples, dict(p.extra_generation_params))
+        p.iteration = n
+        p.seeds = p.all_seeds[n * p.batch_size : (n + 1) * p.batch_size]
+        p.scripts.process_batch(p, batch_number=n, prompts=[""], seeds=p.seeds, subseeds=[0])
+        samples = p.sample(conditioning=None, unconditional_conditioning=None, seeds=p.seeds)
+        for i, picture in enumerate(_decode(p, samples)):
+            p.batch_index = i
+            pp = PostprocessImageArgs(picture)
+            p.scripts.postprocess_image(p, pp)
+            outputs.append(pp.image)
+            infotexts.append(dict(p.extra_generation_params))  # the image's infotext is written now
+    processed = Processed(outputs, dict(p.extra_generation_params), samples, infotexts)
     p.scripts.postprocess(p, processed)
     return processed
 
@@ -363,6 +444,7 @@ def install(models_path: Path) -> dict[str, types.ModuleType]:
     callbacks.remove_callbacks_for_function = remove_callbacks_for_function
     processing = types.ModuleType("modules.processing")
     processing.process_images = process_images
+    processing.PostprocessImageArgs = PostprocessImageArgs
     processing.StableDiffusionProcessingTxt2Img = Processing
     processing.StableDiffusionProcessingImg2Img = ProcessingImg2Img
     installed = {

@@ -134,7 +134,7 @@ def test_a_job_after_a_refiner_job_runs(host, unet) -> None:
     result = fake_host.run_job(p)
     assert fake_host.HOOK_ERRORS == []
     assert result.extra_generation_params["InstantID"] == "on"
-    assert not torch.equal(result.images, plain.images)
+    assert not torch.equal(result.latents, plain.latents)
     assert no_hooks(unet)
 
 
@@ -225,7 +225,7 @@ def test_nested_jobs_keep_their_own_settings_and_leave_nothing(host, unet, cn, w
     assert no_hooks(unet)
     assert not any(k.startswith("InstantID-IdentityNet") for k in cn.global_state.cn_models)
     assert fake_host.CALLBACKS.get("cfg_denoiser", []) == []
-    assert torch.equal(fake_host.run_job(job(host, unet, False)).images, plain_before.images)
+    assert torch.equal(fake_host.run_job(job(host, unet, False)).latents, plain_before.latents)
 
 
 # -- geometry: the hint where the sampler works -------------------------------------------------------
@@ -328,8 +328,7 @@ def test_show_hint_adds_the_keypoint_image_to_the_outputs(host, unet) -> None:
     ours.before_process(p, *p.script_args)
     p.init()
     ours.process_batch(p, *p.script_args)
-    processed = fake_host.Processed(torch.zeros(1), {})
-    processed.images = ["the generated image"]  # the WebUI's list of PIL images
+    processed = fake_host.Processed(["the generated image"], {})
     ours.postprocess(p, processed, *p.script_args)
     assert len(processed.images) == 2
     hint = processed.images[-1]

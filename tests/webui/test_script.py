@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def enabled(**fields) -> dict:
 def test_disabled_changes_nothing(host, unet) -> None:
     baseline = run(host, unet, (False,))
     again = run(host, unet, ({"enabled": False},))
-    assert torch.equal(baseline.images, again.images)
+    assert torch.equal(baseline.latents, again.latents)
     assert again.extra_generation_params == {}
     assert no_hooks(unet)
     assert fake_host.HOOK_ERRORS == []
@@ -65,7 +66,7 @@ def test_enabled_applies_the_face_only_while_sampling(host, unet) -> None:
     result = fake_host.process_images(job)
     assert fake_host.HOOK_ERRORS == []
     assert seen == [True]
-    assert not torch.equal(result.images, baseline.images)
+    assert not torch.equal(result.latents, baseline.latents)
     assert no_hooks(unet)
     params = result.extra_generation_params
     assert params["InstantID"] in ("on", "True", True) or "InstantID" in params
@@ -73,7 +74,7 @@ def test_enabled_applies_the_face_only_while_sampling(host, unet) -> None:
     assert len(params["InstantID adapter hash"]) == 10
     assert params["InstantID source"].startswith("images:")
     after = run(host, unet, (False,))
-    assert torch.equal(after.images, baseline.images)  # bit-identical once InstantID is off
+    assert torch.equal(after.latents, baseline.latents)  # bit-identical once InstantID is off
 
 
 @pytest.mark.parametrize("mode", ["chunked", "separate", "skip_uncond"])
@@ -82,11 +83,11 @@ def test_batching_modes_route_rows_like_a_single_call(host, unet, mode: str) -> 
         # Cond rows only: equals the cond half of a together-call; compare against an explicit oracle.
         together = run(host, unet, (enabled(),), cfg_mode="together", steps=1, cfg_scale=1.0)
         skipped = run(host, unet, (enabled(),), cfg_mode=mode, steps=1, cfg_scale=1.0)
-        assert torch.allclose(together.images, skipped.images, atol=1e-5)
+        assert torch.allclose(together.latents, skipped.latents, atol=1e-5)
         return
     together = run(host, unet, (enabled(),), cfg_mode="together", batch_size=2)
     other = run(host, unet, (enabled(),), cfg_mode=mode, batch_size=2)
-    assert torch.allclose(together.images, other.images, atol=1e-5)
+    assert torch.allclose(together.latents, other.latents, atol=1e-5)
 
 
 def test_api_dict_and_positional_forms_agree(host, unet) -> None:
@@ -103,8 +104,8 @@ def test_api_dict_and_positional_forms_agree(host, unet) -> None:
     # The API form: one dict in the first slot, the UI's defaults after it.
     api_form = (enabled(images=[photo]), *defaults[1:])
     by_api = run(host, unet, api_form)
-    assert torch.equal(by_dict.images, by_position.images)
-    assert torch.equal(by_dict.images, by_api.images)
+    assert torch.equal(by_dict.latents, by_position.latents)
+    assert torch.equal(by_dict.latents, by_api.latents)
 
 
 def fake_host_defaults(fields: tuple[str, ...]) -> list:
@@ -163,15 +164,15 @@ def test_failure_inside_sampling_leaves_nothing_behind(host, unet) -> None:
     finally:
         handle.remove()
     assert no_hooks(unet)
-    assert torch.equal(run(host, unet, (False,)).images, baseline.images)
+    assert torch.equal(run(host, unet, (False,)).latents, baseline.latents)
 
 
 def test_hires_pass_keeps_the_face_tokens(host, unet) -> None:
     plain = run(host, unet, (False,), enable_hr=True)
     with_face = run(host, unet, (enabled(),), enable_hr=True)
     assert fake_host.HOOK_ERRORS == []
-    assert with_face.images.shape[-1] == 16
-    assert not torch.equal(plain.images, with_face.images)
+    assert with_face.latents.shape[-1] == 16
+    assert not torch.equal(plain.latents, with_face.latents)
     assert no_hooks(unet)
 
 
@@ -182,7 +183,7 @@ def test_saved_identity_needs_no_photo(host, unet, models_path: Path) -> None:
     assert message.startswith("Saved identity 'alice'"), message
     by_photo = run(host, unet, (enabled(images=[face_photo(2)]),))
     by_identity = run(host, unet, ({"enabled": True, "identity": "alice", "control_weight": 0.0},))
-    assert torch.allclose(by_photo.images, by_identity.images, atol=1e-6)
+    assert torch.allclose(by_photo.latents, by_identity.latents, atol=1e-6)
     assert by_identity.extra_generation_params["InstantID source"] == "identity:alice"
 
 
@@ -229,7 +230,7 @@ def test_script_unload_removes_everything(host, unet) -> None:
         for fn in fake_host.CALLBACKS["script_unloaded"]:
             fn()
         seen["after_unload"] = no_hooks(unet)
-        return torch.zeros(1)
+        return torch.zeros(1, 4, 8, 8)
 
     job.sample = unload_while_sampling.__get__(job)
     fake_host.run_job(job)
@@ -373,3 +374,16 @@ def test_face_region_only_masks_identitynet_residuals_for_the_job(
     first = seen["during"][0][0, 0]  # full latent resolution: 8×8 for a 64×64 output
     assert first[4, 4] == pytest.approx(0.8)  # inside the face box: IdentityNet at its weight
     assert first[0, 0] == 0.0  # outside it: IdentityNet adds nothing there
+
+
+def test_links_left_by_earlier_versions_are_removed_and_models_kept(host, models_path: Path) -> None:
+    from instantid_ext.webui import services
+
+    model = models_path / "instantid" / "ip-adapter.bin"
+    folder = models_path / "instantid" / ".controlnet-links"
+    folder.mkdir()
+    os.link(model, folder / "identitynet-0123abcd.safetensors")
+    (folder / "identitynet-dead.safetensors").symlink_to(models_path / "gone.safetensors")
+    assert services.remove_legacy_links() == 2
+    assert not folder.exists()
+    assert model.is_file()  # the user's file is untouched
