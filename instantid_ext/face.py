@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
 from .face_packs import ANTELOPEV2, FacePack, validate_pack
-from .images import ChannelOrder, ImageLike, to_bgr_array
+from .images import MAX_IMAGE_PIXELS, ChannelOrder, ImageLike, image_size, to_bgr_array
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ RETRY_SIZES: tuple[int, ...] = tuple(range(640, 191, -64))
 PAD_FRACTION = 0.25
 EMBEDDING_DIM = 512
 RESULT_CACHE_SIZE = 16
+#: Shorter side below which no usable face can be in an image.
+MIN_IMAGE_SIDE = 32
 
 ChoiceMode = Literal["largest", "index", "highest_score"]
 ProvidersLike = str | Sequence[str] | None
@@ -411,6 +413,7 @@ class FaceAnalyzer:
         ``channel_order`` says how a numpy image is laid out ("bgr" for OpenCV arrays); PIL
         images, RGBA and grayscale are converted. ``label`` names the image in log lines.
         """
+        check_analysable(image, label)
         bgr = to_bgr_array(image, channel_order)
         loaded = self._loaded()
         digest = hashlib.blake2b(bgr.tobytes(), digest_size=16).hexdigest()
@@ -470,6 +473,23 @@ class FaceAnalyzer:
             )
             raise NoFaceError(msg)
         return choose_face(faces, mode, index, label=label)
+
+
+def check_analysable(image: ImageLike, label: str) -> None:
+    """Refuse images too small to hold a face the detector can use, or too large to analyse."""
+    width, height = image_size(image)
+    if min(width, height) < MIN_IMAGE_SIDE:
+        msg = (
+            f"{label[0].upper()}{label[1:]} is only {width}×{height} pixels: use a photo in which the face "
+            "itself is at least about 64 pixels wide."
+        )
+        raise InvalidInputError(msg)
+    if width * height > MAX_IMAGE_PIXELS:
+        msg = (
+            f"{label[0].upper()}{label[1:]} has {width * height / 1e6:.1f} megapixels; InstantID analyses "
+            f"images of up to {MAX_IMAGE_PIXELS / 1e6:g} megapixels: scale it down first."
+        )
+        raise InvalidInputError(msg)
 
 
 def choose_face(

@@ -95,6 +95,8 @@ _DATA_URL = re.compile(r"^data:image/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", r
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic")
 _EXIF_ORIENTATION = 0x0112
 #: Longest string we try as a file path; anything longer is base64.
+#: Largest image analysed, in pixels: far above any photo (a 50-MP image is ~150 MB as RGB).
+MAX_IMAGE_PIXELS = 50_000_000
 _MAX_PATH_CHARS = 4096
 #: Gallery pairs, gradio dicts and file objects nest; real values never go deeper than this.
 _MAX_NESTING = 4

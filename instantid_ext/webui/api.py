@@ -43,7 +43,7 @@ from ..args import InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError
 from ..face import ChoiceMode, Face, choose_face
 from ..identity import SUFFIX, Identity, check_identity_name
-from ..images import b64decode_lenient, decode_image, encode_image_png_base64
+from ..images import MAX_IMAGE_PIXELS, b64decode_lenient, decode_image, encode_image_png_base64
 from ..keypoints import draw_kps
 from ..resources import Resources
 
@@ -56,8 +56,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "/instantid/v1"
 TAG = "InstantID"
-#: Largest image accepted, in pixels: far above any photo, and checked before decoding.
-MAX_IMAGE_PIXELS = 50_000_000
 #: Most photos one identity may be averaged from.
 MAX_IDENTITY_IMAGES = 32
 #: Highest face index accepted (as in the script arguments).
