@@ -13,7 +13,7 @@ from typing import Any
 from modules import script_callbacks
 
 from .. import __version__
-from . import host, job, settings
+from . import host, job, settings, xyz
 from .services import controlnet_status, face_keypoints_for_controlnet, remove_legacy_links, resources
 
 logger = logging.getLogger("instantid_ext")
@@ -89,4 +89,5 @@ def register_callbacks() -> None:
     script_callbacks.on_app_started(on_app_started)
     script_callbacks.on_ui_settings(settings.add_settings)
     script_callbacks.on_before_ui(register_controlnet_preprocessor)
+    script_callbacks.on_before_ui(xyz.register_axes)  # the X/Y/Z plot is loaded by then
     register_controlnet_preprocessor()

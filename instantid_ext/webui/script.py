@@ -7,9 +7,8 @@ from typing import Any
 
 from modules import scripts
 
-from ..args import InstantIDArgs, is_enabled
 from ..errors import InstantIDError
-from . import host, run, services
+from . import host, run, services, xyz
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +55,14 @@ class InstantIDScript(scripts.Script):
         return result.components
 
     def before_process(self, p: Any, *args: Any) -> None:
-        if not args or args[0] is False:
+        overrides = xyz.overrides_of(p)  # an X/Y/Z plot cell's InstantID axis values
+        if (not args or args[0] is False) and not overrides:
             return  # off: nothing else runs, nothing is touched
         try:
-            if not is_enabled(args):
+            parsed = xyz.job_args(args, overrides)
+            if parsed is None:
                 return
             host.check_supported()
-            parsed = InstantIDArgs.parse(args)
             run.start(p, parsed, services.resources())
         except InstantIDError as err:
             logger.error("%s", err)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class Script:
 
 
 AlwaysVisible = object()
+
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
 
 
 class ScriptRunner:
@@ -423,6 +426,7 @@ def install(models_path: Path) -> dict[str, types.ModuleType]:
     modules.__path__ = []
     scripts = types.ModuleType("modules.scripts")
     scripts.Script, scripts.AlwaysVisible, scripts.ScriptRunner = Script, AlwaysVisible, ScriptRunner
+    scripts.ScriptClassData, scripts.scripts_data = ScriptClassData, []  # what load_scripts() found
     shared = types.ModuleType("modules.shared")
     shared.opts = Options()
     shared.cmd_opts = types.SimpleNamespace()

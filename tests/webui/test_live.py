@@ -186,3 +186,38 @@ def test_face_region_only_and_hires(face_b64: str) -> None:
     assert code == 200, region
     assert region["images"][0] != whole["images"][0]
     assert "face region only" in json.loads(region["info"])["infotexts"][0]
+
+
+def xyz_plot_args(axis_label: str, values: str) -> list[Any]:
+    """The X/Y/Z plot's positional ``script_args`` with ``values`` on X (1.6–1.10).
+
+    Starts from the defaults that ``/sdapi/v1/script-info`` lists; an axis is sent as its
+    index in the type dropdown's choices (the dropdown is ``type="index"``).
+    """
+    code, infos = call("GET", "/sdapi/v1/script-info")
+    assert code == 200, infos
+    info = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    labels = [arg["label"] for arg in info["args"]]
+    args = [arg["value"] for arg in info["args"]]
+    choices = info["args"][labels.index("X type")]["choices"]
+    assert axis_label in choices, choices
+    args[labels.index("X type")] = choices.index(axis_label)
+    args[labels.index("X values")] = values  # the text box; number axes have no dropdown
+    args[labels.index("Y type")] = args[labels.index("Z type")] = choices.index("Nothing")
+    args[labels.index("Include Sub Images")] = True  # the cells' own images and infotexts
+    return args
+
+
+def test_xyz_plot_over_the_id_weight(face_b64: str) -> None:
+    code, result = txt2img(
+        {"enabled": True, "images": [face_b64]},
+        script_name="x/y/z plot",
+        script_args=xyz_plot_args("[InstantID] ID weight", "0.5, 1.2"),
+    )
+    assert code == 200, result
+    infotexts = json.loads(result["info"])["infotexts"]
+    assert len(result["images"]) == len(infotexts) == 3  # the grid, then one image per cell
+    assert "X Type: [InstantID] ID weight" in infotexts[0]
+    assert "InstantID ID weight: 0.5" in infotexts[1]
+    assert "InstantID ID weight: 1.2" in infotexts[2]
+    assert result["images"][1] != result["images"][2]
