@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..args import InstantIDArgs
+from ..args import INFOTEXT_PREFIX, InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError, NoFaceError
 from ..ip_adapter import IPAdapter
 from ..ip_attention import IPAttentionPatch, PrecomputedKV, RowRouter
@@ -382,7 +382,10 @@ def _prepare(run: Run, p: Any, resources: Resources) -> None:
         _prepare_identitynet(run, p, resources)
     _wrap_sampling(run, p)
     _close_with(run, p)
-    p.extra_generation_params.update(args.to_infotext(extra=_infotext_extra(run)))
+    params = p.extra_generation_params
+    for key in [k for k in params if str(k).startswith(INFOTEXT_PREFIX)]:
+        del params[key]  # an earlier job's (X/Y/Z plot cells share this dict): never carried over
+    params.update(args.to_infotext(extra=_infotext_extra(run)))
 
 
 def _prepare_identitynet(run: Run, p: Any, resources: Resources) -> None:
