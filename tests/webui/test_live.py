@@ -221,3 +221,166 @@ def test_xyz_plot_over_the_id_weight(face_b64: str) -> None:
     assert "InstantID ID weight: 0.5" in infotexts[1]
     assert "InstantID ID weight: 1.2" in infotexts[2]
     assert result["images"][1] != result["images"][2]
+
+
+# -- restyling a photo, the face pass, nested jobs (issue: img2img/inpaint face restyle) -----------
+def decode(image_b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image_b64))).convert("RGB"))
+
+
+def circle_centres(hint: np.ndarray) -> np.ndarray:
+    """The keypoints of an IdentityNet hint: the centroid of each keypoint colour's circle."""
+    from instantid_ext.keypoints import DEFAULT_COLORS
+
+    return np.array(
+        [
+            np.argwhere(np.all(hint == np.array(c, np.uint8), axis=-1))[:, ::-1].mean(axis=0)
+            for c in DEFAULT_COLORS
+        ]
+    )
+
+
+def photo_with_face(size: int, centre: tuple[int, int], face: int, ident: int = 3) -> tuple[Image.Image, Any]:
+    from tests.fakes import antelopev2_pack as fp
+
+    img = fp.background(size, size)
+    drawn = fp.draw_face(img, centre, face, ident=ident)
+    return Image.fromarray(img), drawn
+
+
+def test_only_masked_inpaint_hint_lies_on_the_masked_face(face_b64: str) -> None:
+    """A face at (700, 300) of a 1024² photo, "Only masked": the hint ControlNet gets is on that face."""
+    photo, drawn = photo_with_face(1024, (700, 300), 160)
+    mask = Image.new("L", photo.size, 0)
+    mask.paste(255, (590, 190, 810, 410))
+    body = {
+        "init_images": [png_b64(photo)],
+        "mask": png_b64(mask),
+        "inpaint_full_res": True,
+        "inpaint_full_res_padding": 32,
+        "mask_blur": 4,
+        "prompt": "a portrait",
+        "width": SIZE,
+        "height": SIZE,
+        "steps": STEPS,
+        "cfg_scale": 4,
+        "denoising_strength": 0.75,
+        "seed": 11,
+        "alwayson_scripts": {
+            "InstantID": {"args": [{"enabled": True, "images": [face_b64], "show_hint": True}]}
+        },
+    }
+    code, result = call("POST", "/sdapi/v1/img2img", body)
+    assert code == 200, result
+    hint = decode(result["images"][-1])  # show_hint: the keypoint image IdentityNet received
+    assert hint.shape[:2] == (SIZE, SIZE)
+    # A1111's crop: the mask's box plus the padding, widened to the output's aspect ratio.
+    x1, y1, x2, y2 = 590 - 32, 190 - 32, 810 + 32, 410 + 32
+    expected = (drawn.kps - np.array([x1, y1])) * np.array([SIZE / (x2 - x1), SIZE / (y2 - y1)])
+    assert np.abs(circle_centres(hint) - expected).max() < 8
+    assert "InstantID keypoints from: init image" in json.loads(result["info"])["infotexts"][0]
+
+
+def test_hires_hint_follows_the_webuis_crop(face_b64: str) -> None:
+    """Hires fix to another aspect ratio: the WebUI crops the upscaled first pass; so does the hint."""
+    args = {"enabled": True, "images": [face_b64], "show_hint": True}
+    hires = {
+        "enable_hr": True,
+        "hr_resize_x": SIZE * 3 // 2,
+        "hr_resize_y": SIZE,
+        "hr_second_pass_steps": STEPS,
+        "hr_upscaler": "Latent",
+        "denoising_strength": 0.5,
+    }
+    code, result = txt2img(args, **hires)
+    assert code == 200, result
+    first = circle_centres(decode(result["images"][-1]))
+    code, plain = txt2img(args)  # the same first pass without hires: the same first-pass hint
+    assert code == 200, plain
+    assert np.abs(circle_centres(decode(plain["images"][-1])) - first).max() < 1
+
+
+def painted(picture: Image.Image) -> dict:
+    """The live painter extension (test bed only) makes every output this picture."""
+    return {"Live painter": {"args": [png_b64(picture)]}}
+
+
+def test_face_pass_changes_only_the_padded_face_box_and_nests_cleanly(face_b64: str) -> None:
+    picture, drawn = photo_with_face(512, (300, 200), 60, ident=5)
+    code, plain_before = txt2img(width=512, height=512)
+    assert code == 200, plain_before
+    args = {
+        "enabled": True,
+        "images": [face_b64],
+        "face_pass": True,
+        "face_pass_resolution": 256,
+        "face_pass_padding": 32,
+        "likeness": False,
+    }
+    body_scripts = {"InstantID": {"args": [args]}, **painted(picture)}
+    code, result = call(
+        "POST",
+        "/sdapi/v1/txt2img",
+        {
+            "prompt": "a portrait",
+            "width": 512,
+            "height": 512,
+            "steps": STEPS,
+            "cfg_scale": 4,
+            "seed": 21,
+            "n_iter": 2,
+            "save_images": False,
+            "alwayson_scripts": body_scripts,
+        },
+    )
+    assert code == 200, result
+    infotexts = json.loads(result["info"])["infotexts"]
+    assert len(result["images"]) == 2 and all("InstantID face pass: True" in t for t in infotexts)
+    before = np.asarray(picture)
+    x1, y1, x2, y2 = drawn.bbox
+    for image in result["images"]:  # both batches ran, the second after the first's nested job
+        after = decode(image)
+        ys, xs = np.nonzero(np.any(after != before, axis=-1))
+        assert len(xs) > 0
+        assert xs.min() >= x1 - 32 and xs.max() < x2 + 32 and ys.min() >= y1 - 32 and ys.max() < y2 + 32
+    code, plain_after = txt2img(width=512, height=512)
+    assert code == 200, plain_after
+    assert plain_after["images"][0] == plain_before["images"][0]  # nothing of either job is left
+
+
+# -- the checkpoint is checked when it is final ------------------------------------------------------
+def checkpoints() -> list[dict]:
+    code, models = call("GET", "/sdapi/v1/sd-models")
+    assert code == 200, models
+    return models
+
+
+def test_api_override_to_an_sdxl_checkpoint_runs(face_b64: str) -> None:
+    """A non-SDXL model is loaded; the request's override loads SDXL only after before_process."""
+    models = checkpoints()
+    sd15 = [m for m in models if "sd15" in m["title"].lower()]
+    sdxl = [m for m in models if "sdxl" in m["title"].lower() and "refiner" not in m["title"].lower()]
+    if not sd15 or not sdxl:
+        pytest.skip("the bed has no SD1.5 checkpoint next to the SDXL one")
+    code, _ = txt2img(
+        override_settings={"sd_model_checkpoint": sd15[0]["title"]},
+        override_settings_restore_afterwards=False,
+    )
+    assert code == 200
+    code, result = txt2img(
+        {"enabled": True, "images": [face_b64]}, override_settings={"sd_model_checkpoint": sdxl[0]["title"]}
+    )
+    assert code == 200, result
+    assert "InstantID: on" in json.loads(result["info"])["infotexts"][0]
+
+
+def test_a_job_after_a_refiner_job_runs(face_b64: str) -> None:
+    models = checkpoints()
+    refiner = [m for m in models if "refiner" in m["title"].lower()]
+    if not refiner:
+        pytest.skip("the bed has no SDXL refiner checkpoint")
+    code, result = txt2img(refiner_checkpoint=refiner[0]["title"], refiner_switch_at=0.5)
+    assert code == 200, result
+    code, result = txt2img({"enabled": True, "images": [face_b64]})
+    assert code == 200, result
+    assert "InstantID: on" in json.loads(result["info"])["infotexts"][0]
