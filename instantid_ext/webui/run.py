@@ -305,9 +305,12 @@ class Run(Job):
         return self.bridge.preserved(p) if self.bridge is not None else contextlib.nullcontext()
 
     # -- results -----------------------------------------------------------------------------
-    def hint_output(self) -> Image.Image | None:
-        """The keypoint image IdentityNet received in the first pass, for "show the hint"."""
-        return None if self.hint is None else Image.fromarray(self.hint)
+    def hint_outputs(self) -> list[Image.Image]:
+        """The keypoint images IdentityNet received (first pass, then hires), for "show the hint"."""
+        hints = [] if self.hint is None else [Image.fromarray(self.hint)]
+        if self.hr_placed is not None:
+            hints.append(Image.fromarray(self.hr_placed.hint()))
+        return hints
 
 
 def _as_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
@@ -469,9 +472,7 @@ def finish(p: Any, processed: Any = None) -> None:
         return
     try:
         if processed is not None and run.args.show_hint:
-            image = run.hint_output()
-            if image is not None:
-                processed.images.append(image)
+            processed.images.extend(run.hint_outputs())
     finally:
         run.close()
 

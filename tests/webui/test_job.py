@@ -330,7 +330,7 @@ def test_show_hint_adds_the_keypoint_image_to_the_outputs(host, unet) -> None:
     ours.process_batch(p, *p.script_args)
     processed = fake_host.Processed(["the generated image"], {})
     ours.postprocess(p, processed, *p.script_args)
-    assert len(processed.images) == 2
+    assert len(processed.images) == 2  # one hint: no hires pass
     hint = processed.images[-1]
     assert isinstance(hint, Image.Image) and hint.size == (64, 64)
     assert np.asarray(hint).max() == 255  # keypoints drawn
