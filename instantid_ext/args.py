@@ -43,6 +43,7 @@ __all__ = [
 FaceChoice = Literal["largest", "index", "highest_score"]
 PoseSource = Literal["auto", "reference", "pose_image", "init_image", "preset", "none"]
 FacePassFaces = Literal["largest", "all", "index"]
+RegionKind = Literal["auto", "left", "right", "top", "bottom", "box", "mask"]
 ResizeModeName = Literal["Crop and Resize", "Resize and Fill", "Just Resize"]
 
 INFOTEXT_PREFIX = "InstantID"
@@ -90,6 +91,148 @@ else:
         @classmethod
         def __modify_schema__(cls, field_schema: dict[str, Any]) -> None:
             field_schema.update(type="string", format="base64")
+
+
+# --- value readers shared by InstantIDArgs and Person -----------------------------------------
+
+
+def _image_list(value: object) -> object:
+    """A single image is a one-image list; a gallery value is already a list."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def _weight_list(value: object) -> object:
+    """The UI sends weights as text ("1, 0.5"); one number is a one-item list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part for part in re.split(r"[\s,;]+", value.strip()) if part]
+    if isinstance(value, int | float):
+        return [value]
+    return value
+
+
+def _usable_weights(value: list[float]) -> list[float]:
+    for i, weight in enumerate(value):
+        if not math.isfinite(weight) or weight < 0:
+            msg = f"weight #{i} must be a number of 0 or more (got {weight!r})"
+            raise ValueError(msg)
+    if value and not any(value):
+        msg = f"the weights must not all be 0 (got {_format_floats(value)})"
+        raise ValueError(msg)
+    return value
+
+
+def _identity_value(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in _NO_IDENTITY:
+        return ""
+    try:
+        return check_identity_name(value)
+    except InvalidInputError as err:
+        raise ValueError(str(err)) from err
+
+
+# Validators as named functions: pydantic keys a field's validators by function name.
+def _as_image_list(cls: type, value: object) -> object:
+    return _image_list(value)
+
+
+def _as_weight_list(cls: type, value: object) -> object:
+    return _weight_list(value)
+
+
+def _check_weights(cls: type, value: list[float]) -> list[float]:
+    return _usable_weights(value)
+
+
+def _as_identity(cls: type, value: object) -> object:
+    return _identity_value(value)
+
+
+def _as_lower(cls: type, value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class Person(BaseModel):
+    """One of several people in one image: who (photos or a saved identity), where, how strongly.
+
+    Regions (see :mod:`instantid_ext.regions`): ``auto`` (a face of the pose image, or of the
+    img2img init image; ``region_face`` picks which, else the next from the left), ``left`` /
+    ``right`` / ``top`` / ``bottom`` (bands), ``box`` (``box`` = x1, y1, x2, y2 as fractions
+    of the output) or ``mask`` (an uploaded mask image).
+    """
+
+    images: list[ReferenceImage] = Field(default_factory=list, description="Photos of this person.")
+    image_weights: list[float] = Field(default_factory=list, description="One weight per photo.")
+    identity: str = Field("", description="A saved identity instead of photos.")
+    face_index: int | None = Field(
+        None, ge=0, le=31, description="Which face of the first photo (left to right); None: the largest."
+    )
+    region: RegionKind = Field("auto", description="Where this person goes.")
+    box: list[float] = Field(default_factory=list, description="With region 'box': x1, y1, x2, y2 in 0…1.")
+    mask: ReferenceImage | None = Field(None, description="With region 'mask': white where this person goes.")
+    region_face: int | None = Field(
+        None, ge=0, le=31, description="With region 'auto': the pose/init image's face (0 = leftmost)."
+    )
+    id_weight: float = Field(0.8, ge=0, le=2, description="This person's face token strength.")
+    control_weight: float = Field(0.8, ge=0, le=2, description="This person's IdentityNet strength.")
+
+    class Config:
+        extra = Extra.forbid
+
+    _images_as_list = validator("images", pre=True, allow_reuse=True)(_as_image_list)
+    _weights_as_list = validator("image_weights", pre=True, allow_reuse=True)(_as_weight_list)
+    _weights_usable = validator("image_weights", allow_reuse=True)(_check_weights)
+    _identity_name = validator("identity", pre=True, allow_reuse=True)(_as_identity)
+    _region_spelling = validator("region", pre=True, allow_reuse=True)(_as_lower)
+
+    @validator("box", pre=True)
+    @classmethod
+    def _box_values(cls, value: object) -> object:
+        """ "0.1, 0.2, 0.5, 0.9" from a text box, or a list."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [part for part in re.split(r"[\s,;]+", value.strip()) if part]
+        return value
+
+    @root_validator(skip_on_failure=True)
+    @classmethod
+    def _complete(cls, values: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        if not values.get("images") and not values.get("identity"):
+            problems.append("needs photos or a saved identity")
+        weights, images = values.get("image_weights", []), values.get("images", [])
+        if weights and len(weights) != len(images):
+            problems.append(f"has {len(weights)} weight(s) for {len(images)} photo(s)")
+        box = values.get("box", [])
+        if values.get("region") == "box":
+            ok = len(box) == 4 and all(0 <= v <= 1 for v in box) and box[0] < box[2] and box[1] < box[3]
+            if not ok:
+                problems.append(
+                    "needs a box of four fractions x1, y1, x2, y2 with 0 ≤ x1 < x2 ≤ 1 and 0 ≤ y1 < y2 ≤ 1"
+                )
+        if values.get("region") == "mask" and values.get("mask") is None:
+            problems.append("has the region 'mask' but no mask image")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return values
+
+    def source_label(self) -> str:
+        return f"identity '{self.identity}'" if self.identity else f"{len(self.images)} photo(s)"
+
+    def __repr_args__(self) -> list[tuple[str | None, Any]]:
+        return [
+            (name, [_ImageRepr(i) for i in value] if name == "images" else value)
+            for name, value in super().__repr_args__()
+            if name != "mask"
+        ]
 
 
 class InstantIDArgs(BaseModel):
@@ -311,6 +454,14 @@ class InstantIDArgs(BaseModel):
         description="Side of the square each face is restyled at.",
         infotext="face pass resolution",
     )
+    people: list[Person] = Field(
+        default_factory=list,
+        description=(
+            "Several people in one image (2 to 4): each with photos or a saved identity, a region and "
+            "weights. When given, the single-person images/identity above are not used."
+        ),
+        max_items=4,
+    )
 
     class Config:
         extra = Extra.forbid
@@ -356,51 +507,10 @@ class InstantIDArgs(BaseModel):
 
     # --- field validators -----------------------------------------------------------------
 
-    @validator("images", pre=True)
-    @classmethod
-    def _images_as_list(cls, value: object) -> object:
-        """A single image is a one-image list; a gallery value is already a list."""
-        if value is None:
-            return []
-        if isinstance(value, list | tuple):
-            return list(value)
-        return [value]
-
-    @validator("image_weights", pre=True)
-    @classmethod
-    def _weights_as_list(cls, value: object) -> object:
-        """The UI sends weights as text ("1, 0.5"); one number is a one-item list."""
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [part for part in re.split(r"[\s,;]+", value.strip()) if part]
-        if isinstance(value, int | float):
-            return [value]
-        return value
-
-    @validator("image_weights")
-    @classmethod
-    def _weights_usable(cls, value: list[float]) -> list[float]:
-        for i, weight in enumerate(value):
-            if not math.isfinite(weight) or weight < 0:
-                msg = f"weight #{i} must be a number of 0 or more (got {weight!r})"
-                raise ValueError(msg)
-        if value and not any(value):
-            msg = f"the weights must not all be 0 (got {_format_floats(value)})"
-            raise ValueError(msg)
-        return value
-
-    @validator("identity", pre=True)
-    @classmethod
-    def _identity_name(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        if value.strip().lower() in _NO_IDENTITY:
-            return ""
-        try:
-            return check_identity_name(value)
-        except InvalidInputError as err:
-            raise ValueError(str(err)) from err
+    _images_as_list = validator("images", pre=True, allow_reuse=True)(_as_image_list)
+    _weights_as_list = validator("image_weights", pre=True, allow_reuse=True)(_as_weight_list)
+    _weights_usable = validator("image_weights", allow_reuse=True)(_check_weights)
+    _identity_name = validator("identity", pre=True, allow_reuse=True)(_as_identity)
 
     @validator("face_choice", "pose_source", "pose_face_choice", "face_pass_faces", pre=True)
     @classmethod
@@ -482,7 +592,13 @@ class InstantIDArgs(BaseModel):
             return values
         problems = []
         images, weights = values.get("images", []), values.get("image_weights", [])
-        if not images and not values.get("identity"):
+        people = values.get("people", [])
+        if len(people) == 1:
+            problems.append(
+                "InstantID argument 'people': give 2 to 4 people (got 1); for one person use images or "
+                "identity"
+            )
+        if not images and not values.get("identity") and not people:
             problems.append(
                 "InstantID is enabled but has no reference face: add a face photo or choose a saved identity"
             )
@@ -745,8 +861,8 @@ def _unwrap(value: object) -> InstantIDArgs | dict[str, Any]:
 
 
 def _loc_name(loc: tuple[Any, ...]) -> str:
-    """``("images", 2)`` → ``images[2]``."""
-    head, *rest = loc
+    """``("images", 2)`` → ``images[2]``; a model-wide check (``__root__``) names the model."""
+    head, *rest = (part for part in loc if part != "__root__")
     return str(head) + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest)
 
 
@@ -808,9 +924,15 @@ def _sentence(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     if loc == ("__root__",):
         return str(error["msg"])
     if kind == "value_error.extra":
+        if len(loc) > 1:
+            fields = ", ".join(Person.__fields__)
+            return f"Unknown InstantID argument '{_loc_name(loc)}'. A person takes: {fields}"
         return _unknown(loc[0])
     if kind.startswith("value_error.number.") and loc[0] in InstantIDArgs.__fields__ and len(loc) == 1:
         text = _range_text(str(loc[0]))
+    elif kind in ("value_error.number.not_le", "value_error.number.not_ge"):
+        bound = "at most" if kind.endswith("le") else "at least"
+        text = f"must be {bound} {ctx.get('limit_value')}"
     elif kind == "value_error.const":
         text = "must be one of " + ", ".join(repr(p) for p in ctx.get("permitted", ()))
     elif kind in _TYPE_TEXT:

@@ -72,6 +72,19 @@ AUTO_POSE_INFO = {
 }
 RESIZE_CHOICES = ["Crop and Resize", "Resize and Fill", "Just Resize"]
 FACE_PASS_CHOICES = [("Largest face", "largest"), ("All faces", "all"), ("Face number…", "index")]
+#: Rows of the "Several people" section.
+MAX_PEOPLE = 4
+REGION_CHOICES = [
+    ("Auto (a face of the pose / init image)", "auto"),
+    ("Left", "left"),
+    ("Right", "right"),
+    ("Top", "top"),
+    ("Bottom", "bottom"),
+    ("Box", "box"),
+    ("Mask", "mask"),
+]
+#: One person row's inputs, in the order people_value() reads them.
+PERSON_INPUTS = ("images", "identity", "region", "box", "mask", "id_weight", "control_weight")
 #: The panel values the keypoint preview is drawn from, in the order the preview event sends them.
 PREVIEW_FIELDS = (
     "images",
@@ -257,6 +270,38 @@ def show_pose_inputs(pose_source: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def show_face_index(face_choice: str) -> dict[str, Any]:
     return gr.update(visible=face_choice == "index")
+
+
+def people_value(*values: Any) -> list[dict[str, Any]]:
+    """The ``people`` argument from the person rows: the rows that have photos or an identity.
+
+    ``values`` are :data:`PERSON_INPUTS` for each row in turn. Rows left empty are skipped,
+    so a single filled row is the API's "one person" error only if the user filled just one.
+    """
+    people = []
+    width = len(PERSON_INPUTS)
+    for start in range(0, len(values), width):
+        row = dict(zip(PERSON_INPUTS, values[start : start + width], strict=True))
+        identity = row["identity"] if row["identity"] not in (None, NO_IDENTITY) else ""
+        if not row["images"] and not identity:
+            continue
+        person = {
+            "images": row["images"] or [],
+            "identity": identity,
+            "region": row["region"] or "auto",
+            "id_weight": row["id_weight"],
+            "control_weight": row["control_weight"],
+        }
+        if person["region"] == "box":
+            person["box"] = row["box"] or ""
+        if person["region"] == "mask":
+            person["mask"] = row["mask"]
+        people.append(person)
+    return people
+
+
+def show_region_inputs(region: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return gr.update(visible=region == "box"), gr.update(visible=region == "mask")
 
 
 def status_text(env: UiEnv) -> str:
@@ -678,6 +723,72 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                 elem_id=eid("face_pass_prompt"),
             )
 
+        with gr.Accordion("Several people", open=False, elem_id=eid("people_accordion")):
+            gr.Markdown(
+                "Two to four people in one picture: each row is one person (photos or a saved identity) "
+                "and the region the person goes in. When two or more rows are filled, they replace the "
+                "photo above. *Auto* regions follow the faces of the pose image (or, in img2img, of the "
+                "init image), left to right.",
+                elem_id=eid("people_hint"),
+            )
+            person_inputs: list[Any] = []
+            for number in range(1, MAX_PEOPLE + 1):
+                pid = functools.partial(lambda n, name: eid(f"person{n}_{name}"), number)
+                with gr.Row():
+                    images = gr.File(
+                        label=f"Person {number}: photo(s)",
+                        file_count="multiple",
+                        file_types=["image"],
+                        type="binary",
+                        elem_id=pid("images"),
+                    )
+                    with gr.Column():
+                        identity = gr.Dropdown(
+                            choices=[NO_IDENTITY, *env.identity_names()],
+                            value=NO_IDENTITY,
+                            label="or a saved identity",
+                            elem_id=pid("identity"),
+                        )
+                        region = gr.Dropdown(
+                            choices=[label for label, _ in REGION_CHOICES],
+                            value=REGION_CHOICES[0][0],
+                            type="index",
+                            label="Region",
+                            elem_id=pid("region"),
+                        )
+                        box = gr.Textbox(
+                            label="Box: x1, y1, x2, y2 (fractions)",
+                            placeholder="0.5, 0.1, 1, 0.9",
+                            visible=False,
+                            elem_id=pid("box"),
+                        )
+                    mask = gr.Image(label="Region mask", type="pil", visible=False, elem_id=pid("mask"))
+                    with gr.Column():
+                        id_weight = gr.Slider(
+                            minimum=0.0,
+                            maximum=2.0,
+                            step=0.05,
+                            value=0.8,
+                            label="ID weight",
+                            elem_id=pid("id_weight"),
+                        )
+                        control_weight = gr.Slider(
+                            minimum=0.0,
+                            maximum=2.0,
+                            step=0.05,
+                            value=0.8,
+                            label="IdentityNet strength",
+                            elem_id=pid("control_weight"),
+                        )
+                region.change(
+                    lambda index: show_region_inputs(REGION_CHOICES[index or 0][1]),
+                    inputs=[region],
+                    outputs=[box, mask],
+                    queue=False,
+                )
+                person_inputs += [images, identity, region, box, mask, id_weight, control_weight]
+            c["people"] = gr.State([])
+
         with gr.Accordion("Save as identity", open=False, elem_id=eid("save_accordion")):
             with gr.Row():
                 identity_name = gr.Textbox(
@@ -737,8 +848,19 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
         outputs=[save_message, c["identity"]],
     )
 
+    def collect_people(*values: Any) -> list[dict[str, Any]]:
+        values = list(values)
+        for start in range(2, len(values), len(PERSON_INPUTS)):  # the region dropdown gives its index
+            values[start] = REGION_CHOICES[values[start] or 0][1]
+        return people_value(*values)
+
+    for component in person_inputs:
+        component.change(collect_people, inputs=person_inputs, outputs=[c["people"]], queue=False)
+
     components = [c[name] for name in ARG_FIELDS]
-    infotext_fields = [(c[name], InfotextReader(name, env)) for name in ARG_FIELDS if name != "images"]
+    infotext_fields = [
+        (c[name], InfotextReader(name, env)) for name in ARG_FIELDS if name not in ("images", "people")
+    ]
     return UiResult(
         components=components,
         infotext_fields=infotext_fields,

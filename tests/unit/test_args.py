@@ -95,6 +95,7 @@ def test_field_order_is_the_ui_order() -> None:
         "face_pass_prompt",
         "face_pass_padding",
         "face_pass_resolution",
+        "people",
     )
 
 
@@ -761,7 +762,7 @@ def test_from_infotext_ranges_with_exponents() -> None:
 
 def test_infotext_labels_cover_every_non_image_field() -> None:
     labels = infotext_labels()
-    assert set(labels) == set(ARG_FIELDS) - {"images", "pose_image", "show_hint", "likeness"}
+    assert set(labels) == set(ARG_FIELDS) - {"images", "pose_image", "show_hint", "likeness", "people"}
     assert all(key == "InstantID" or key.startswith("InstantID ") for key in labels.values())
     assert labels["id_weight"] == "InstantID ID weight"
     assert labels["id_start"] == labels["id_end"] == "InstantID ID range"
@@ -846,3 +847,45 @@ def test_schema_describes_the_api_form() -> None:
     assert props["enabled"]["default"] is False
     assert "alwayson_scripts" in schema["description"]
     assert "ip_adapter_scale → id_weight" in schema["description"]
+
+
+def test_several_people_are_validated_person_by_person() -> None:
+    args = InstantIDArgs.parse(
+        {
+            "enabled": True,
+            "people": [
+                {"identity": "ada", "region": "Left", "id_weight": 0.7},
+                {"images": [FACE_B64], "image_weights": "1", "region": "box", "box": "0.5, 0.1, 0.9, 0.8"},
+            ],
+        }
+    )
+    assert [p.region for p in args.people] == ["left", "box"]
+    assert args.people[1].box == [0.5, 0.1, 0.9, 0.8] and args.people[1].image_weights == [1.0]
+    assert args.people[0].id_weight == 0.7 and args.people[1].control_weight == 0.8
+    for people, message in (
+        (
+            [{"identity": "a"}],
+            "InstantID argument 'people': give 2 to 4 people (got 1); for one person use images or identity.",
+        ),
+        (
+            [{"identity": "a", "id_weight": 5}, {"identity": "b"}],
+            "InstantID argument 'people[0].id_weight': must be at most 2 (got 5).",
+        ),
+        (
+            [{"identity": "a"}, {"region": "box", "box": [0.5, 0, 0.2, 1]}],
+            "InstantID argument 'people[1]': needs photos or a saved identity; needs a box of four fractions "
+            "x1, y1, x2, y2 with 0 ≤ x1 < x2 ≤ 1 and 0 ≤ y1 < y2 ≤ 1.",
+        ),
+        (
+            [{"identity": "a", "regoin": "left"}, {"identity": "b"}],
+            "Unknown InstantID argument 'people[0].regoin'. A person takes: images, image_weights, identity, "
+            "face_index, region, box, mask, region_face, id_weight, control_weight.",
+        ),
+        (
+            [{"identity": "a", "region": "mask"}, {"identity": "b"}],
+            "InstantID argument 'people[0]': has the region 'mask' but no mask image.",
+        ),
+    ):
+        with pytest.raises(InvalidInputError) as info:
+            InstantIDArgs.parse({"enabled": True, "people": people})
+        assert str(info.value) == message
