@@ -47,7 +47,7 @@ from torch import nn
 
 from .errors import IncompatibleModelError, InvalidInputError
 from .ip_adapter import NUM_FACE_TOKENS
-from .ip_attention import MAX_IDENTITIES, token_grid
+from .ip_attention import MAX_IDENTITIES, region_probs, token_grid
 from .keypoints import draw_kps
 
 logger = logging.getLogger(__name__)
@@ -348,8 +348,9 @@ class RegionalIdentityNet:
         folded = torch.matmul(vals, w_heads).reshape(batch, heads * n_tokens, -1)  # [B, heads·16k, C]
         q = query.to(dtype).view(batch, seq, heads, d).transpose(1, 2)
         scores = torch.matmul(q, keys).view(batch, heads, seq, count, NUM_FACE_TOKENS)
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(dtype).transpose(1, 2)  # [B, S, heads, k, 16]
-        probs = (probs * self._token_weights(seq, query.device, dtype)).reshape(batch, seq, -1)
+        probs = region_probs(
+            scores, self._token_weights(seq, query.device, dtype), dtype
+        )  # [B, S, heads·16k]
         if bias is None:
             return torch.bmm(probs, folded)
         return torch.baddbmm(bias, probs, folded)

@@ -158,6 +158,22 @@ def _out_weight(attn: nn.Module) -> torch.Tensor:
     return linear.weight
 
 
+def region_probs(scores: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Attention weights for k identities, each query confined to its region's tokens.
+
+    ``scores`` ``[B, heads, S, k, 16]``: query·key scores against every identity's 16 keys;
+    ``weights`` ``[1, S, 1, k, 1]``: how much each query takes from each identity (its region
+    masks on the token grid). A softmax runs per 16-token block (float32); the result times
+    the weights is written straight into the ``[B, S, heads·16k]`` layout that multiplies the
+    stacked folded values, in ``dtype``: transpose, region weighting and cast in one pass.
+    """
+    batch, heads, seq, count, n = scores.shape
+    probs = scores.softmax(dim=-1, dtype=torch.float32).transpose(1, 2)
+    out = torch.empty((batch, seq, heads, count, n), dtype=dtype, device=scores.device)
+    torch.mul(probs, weights, out=out)
+    return out.view(batch, seq, heads * count * n)
+
+
 @dataclass(frozen=True)
 class IPIdentity:
     """One person's face tokens and how they apply: weight and (optional) region.
@@ -371,10 +387,8 @@ class IPAttentionPatch:
             if self._masks is not None:
                 probs = probs * self._token_mask(seq, output.device, output.dtype)
         else:
-            # A softmax per identity's 16-token block, then each block times its region.
             blocks = scores.view(batch, heads, seq, count, NUM_FACE_TOKENS)
-            probs = blocks.softmax(dim=-1, dtype=torch.float32).to(output.dtype).transpose(1, 2)
-            probs = (probs * self._token_mask(seq, output.device, output.dtype)).reshape(batch, seq, -1)
+            probs = region_probs(blocks, self._token_mask(seq, output.device, output.dtype), output.dtype)
         return torch.baddbmm(output, probs, values)  # out + probs @ (scale · V W_outᵀ)
 
     def _select_rows(self, cache: _LayerCache, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

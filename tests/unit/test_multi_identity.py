@@ -7,6 +7,7 @@ bit for bit unchanged), and against the single-identity path.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -501,3 +502,31 @@ def test_identity_context_and_strength_checks(adapter) -> None:
         region_strength_map(region_masks(2), [1.0])
     with pytest.raises(InvalidInputError, match="differ in size"):
         region_strength_map([torch.ones(4, 4), torch.ones(8, 8)], [1.0, 1.0])
+
+
+def test_low_precision_within_tolerance(unet, control, adapter) -> None:
+    """bfloat16 models: the multi-identity paths stay within the bf16 tolerance of float32."""
+    identities = make_identities(adapter, 2)
+    inputs = unet_inputs(2, seed=6)
+    with MultiIPAttentionPatch(unet, adapter, identities) as patch:
+        patch.router.begin_step(n_cond=1, n_total=2)
+        want = call_unet(unet, inputs)
+    low = copy.deepcopy(unet).to(torch.bfloat16)
+    with MultiIPAttentionPatch(low, adapter, identities) as patch:
+        patch.router.begin_step(n_cond=1, n_total=2)
+        got = call_unet(low, {k: v.to(torch.bfloat16) for k, v in inputs.items()}).float()
+    assert ((got - want).abs().max() / want.abs().max()).item() <= 3e-2
+
+    masks = region_masks(2)
+    cinputs = control_inputs(2, seed=7)
+    context = cn_context(adapter, [21, 22], [1, 0])
+    with RegionalIdentityNet(control, masks, [0.8, 0.8]):
+        want_res = run_control(control, cinputs, context)
+    low_cn = copy.deepcopy(control).to(torch.bfloat16)
+    with RegionalIdentityNet(low_cn, masks, [0.8, 0.8]):
+        got_res = run_control(
+            low_cn, {k: v.to(torch.bfloat16) for k, v in cinputs.items()}, context.to(torch.bfloat16)
+        )
+    for w, g in zip(want_res, got_res, strict=True):
+        assert g.dtype == torch.bfloat16
+        assert ((g.float() - w).abs().max() / w.abs().max()).item() <= 3e-2
