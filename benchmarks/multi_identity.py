@@ -67,8 +67,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="rows per call (cond + uncond)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: this process's CPU time (single-threaded CPU runs on a shared, busy machine)",
+    )
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     unet = make_unet(widths=WIDTHS, d_head=64).to(device, dtype)
     control = make_controlnet(seed=1, widths=WIDTHS, d_head=64).to(device, dtype)
@@ -122,7 +132,7 @@ def main() -> None:
         @torch.no_grad()
         def step() -> tuple[float, float]:
             patch.router.begin_step(n_cond=n_cond, n_total=b, progress=0.5)
-            start = time.perf_counter()
+            start = clock()
             total = None
             for ctx, scaler in zip(contexts, scalers, strict=True):
                 residuals = control(x=x, hint=hint, timesteps=t, context=ctx, y=y)
@@ -130,10 +140,10 @@ def main() -> None:
                     residuals = scaler(residuals)
                 total = residuals if total is None else [a + c for a, c in zip(total, residuals, strict=True)]
             synchronize(device)
-            middle = time.perf_counter()
+            middle = clock()
             unet(x, timesteps=t, context=text, y=y)
             synchronize(device)
-            return middle - start, time.perf_counter() - middle
+            return middle - start, clock() - middle
 
         def teardown() -> None:
             patch.remove()
@@ -163,7 +173,7 @@ def main() -> None:
     base_key = "1|one masked pass"
     base = statistics.median(a + c for a, c in zip(*timings[base_key].values(), strict=True))
     print(f"device={device} dtype={args.dtype} latent={n}x{n} batch={b}", end=" ")
-    print(f"rounds={args.rounds} steps={args.steps}")
+    print(f"rounds={args.rounds} steps={args.steps} threads={torch.get_num_threads()} clock={args.clock}")
     header = f"{'identities':<11}{'IdentityNet design':<24}{'UNet ms':>10}{'IdNet ms':>10}"
     print(f"{header}{'step ms':>10}{'vs 1':>8}")
     for count, design in names:

@@ -22,10 +22,12 @@ zeros, k times), and the hint holds every person's keypoints (:func:`multi_ident
 
 How the hooks stay cheap: a forward pre-hook hands the layer's own forward a one-token
 context (so its attention is trivial whatever attention implementation the WebUI installed),
-the query is captured from ``to_q``'s call, and a forward hook computes the block-wise
-attention with the values folded into ``to_out`` per head (``V_h · W_out,hᵀ``): one matmul for
-the scores against all 16·k keys, a softmax per 16-block, the region weights, one
-``baddbmm`` plus ``to_out``'s bias. With one identity no attention hook is needed.
+the query is captured from ``to_q``'s call, and a pre-hook on ``to_out`` replaces the
+attention result it is about to project with the region-bound one: one matmul for the scores
+against all 16·k keys, a softmax per 16-block times the region weights, one matmul with the
+values. ``to_out`` still runs once. Should an attention implementation call ``to_out`` in
+pieces, the layer's forward hook computes the result instead (``to_out`` then runs twice).
+With one identity no attention hook is needed.
 
 The residual map multiplies what ControlNet later scales by the unit's weight: give the unit
 weight 1 and the per-identity strengths here (or strengths relative to the unit weight).
@@ -196,11 +198,6 @@ class _AttnState:
     query: torch.Tensor | None = None
 
 
-def _out_linear(attn: nn.Module) -> nn.Module:
-    to_out = attn.to_out
-    return to_out[0] if isinstance(to_out, (nn.Sequential, nn.ModuleList)) else to_out
-
-
 class RegionalIdentityNet:
     """Removable hooks making one IdentityNet pass serve k identities in k regions.
 
@@ -228,7 +225,6 @@ class RegionalIdentityNet:
         )
         self.latent_size: tuple[int, int] | None = None
         self._weights_cache: dict[tuple, torch.Tensor] = {}
-        self._out_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._lock = threading.Lock()
         self._states = [_AttnState(layer) for layer in self.layers]
@@ -247,7 +243,8 @@ class RegionalIdentityNet:
                     attn.register_forward_pre_hook(self._swap_context(state), with_kwargs=True)
                 )
                 self._handles.append(attn.to_q.register_forward_hook(self._capture_query(state)))
-                self._handles.append(attn.register_forward_hook(self._regional_attention(state)))
+                self._handles.append(attn.to_out.register_forward_pre_hook(self._replace_attention(state)))
+                self._handles.append(attn.register_forward_hook(self._fallback(state)))
         logger.info(
             "IdentityNet region hooks: %d identit%s, %d attn2 layers%s",
             self.count,
@@ -269,7 +266,6 @@ class RegionalIdentityNet:
         for state in self._states:
             state.context = state.query = None
         self._weights_cache.clear()
-        self._out_cache.clear()
 
     def __enter__(self) -> RegionalIdentityNet:
         return self
@@ -316,27 +312,34 @@ class RegionalIdentityNet:
 
         return capture
 
-    def _regional_attention(self, state: _AttnState):
+    def _replace_attention(self, state: _AttnState):
+        def pre(module: nn.Module, args: tuple) -> tuple | None:
+            query, context = state.query, state.context
+            if query is None or context is None or not args or args[0].shape != query.shape:
+                return None  # not the single whole-batch call we expect: the fallback handles it
+            state.context = state.query = None
+            return (self._attend(state.layer, query, context, args[0].dtype), *args[1:])
+
+        return pre
+
+    def _fallback(self, state: _AttnState):
         def hook(module: nn.Module, args: tuple, output: Any) -> torch.Tensor | None:
             context, state.context = state.context, None
             query, state.query = state.query, None
             if context is None or not isinstance(output, torch.Tensor):
-                return None
+                return None  # handled in to_out (or nothing to do)
             x = args[0]
             if query is None or query.shape[:2] != x.shape[:2]:
                 query = module.to_q(x)
-            return self._attend(state.layer, module, query, context, output.dtype)
+            return module.to_out(self._attend(state.layer, query, context, output.dtype))
 
         return hook
 
     def _attend(
-        self,
-        layer: ControlAttn2,
-        attn: nn.Module,
-        query: torch.Tensor,
-        context: torch.Tensor,
-        dtype: torch.dtype,
+        self, layer: ControlAttn2, query: torch.Tensor, context: torch.Tensor, dtype: torch.dtype
     ) -> torch.Tensor:
+        """Region-bound attention before ``to_out``: ``[B, S, heads·d]``."""
+        attn = layer.module
         batch, seq, inner = query.shape
         heads, count = layer.heads, self.count
         d = inner // heads
@@ -344,31 +347,11 @@ class RegionalIdentityNet:
         ctx = context.to(dtype)
         keys = attn.to_k(ctx).view(batch, n_tokens, heads, d).permute(0, 2, 3, 1) * (1.0 / math.sqrt(d))
         vals = attn.to_v(ctx).view(batch, n_tokens, heads, d).transpose(1, 2)  # [B, heads, 16k, d]
-        w_heads, bias = self._out_weights(attn, heads, query.device, dtype)
-        folded = torch.matmul(vals, w_heads).reshape(batch, heads * n_tokens, -1)  # [B, heads·16k, C]
         q = query.to(dtype).view(batch, seq, heads, d).transpose(1, 2)
         scores = torch.matmul(q, keys).view(batch, heads, seq, count, NUM_FACE_TOKENS)
-        probs = region_probs(
-            scores, self._token_weights(seq, query.device, dtype), dtype
-        )  # [B, S, heads·16k]
-        if bias is None:
-            return torch.bmm(probs, folded)
-        return torch.baddbmm(bias, probs, folded)
-
-    def _out_weights(
-        self, attn: nn.Module, heads: int, device: torch.device, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``to_out`` as ``[heads, d, C]`` per-head blocks (and its bias), cached per device/dtype."""
-        key = (id(attn), device, dtype)
-        cached = self._out_cache.get(key)
-        if cached is None:
-            linear = _out_linear(attn)
-            weight = linear.weight.to(device=device, dtype=dtype)
-            width_out, inner = weight.shape
-            w_heads = weight.view(width_out, heads, inner // heads).permute(1, 2, 0).contiguous()
-            bias = None if linear.bias is None else linear.bias.to(device=device, dtype=dtype)
-            cached = self._out_cache[key] = (w_heads, bias)
-        return cached
+        weights = self._token_weights(seq, query.device, dtype)
+        probs = region_probs(scores, weights, dtype, heads_first=True)  # [B, heads, S, 16k]
+        return torch.matmul(probs, vals).transpose(1, 2).reshape(batch, seq, inner)
 
     def _token_weights(self, seq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``[1, S, 1, k, 1]``: per query, the weight of each identity's block.

@@ -158,19 +158,26 @@ def _out_weight(attn: nn.Module) -> torch.Tensor:
     return linear.weight
 
 
-def region_probs(scores: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def region_probs(
+    scores: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype, *, heads_first: bool = False
+) -> torch.Tensor:
     """Attention weights for k identities, each query confined to its region's tokens.
 
     ``scores`` ``[B, heads, S, k, 16]``: query·key scores against every identity's 16 keys;
     ``weights`` ``[1, S, 1, k, 1]``: how much each query takes from each identity (its region
     masks on the token grid). A softmax runs per 16-token block (float32); the result times
-    the weights is written straight into the ``[B, S, heads·16k]`` layout that multiplies the
-    stacked folded values, in ``dtype``: transpose, region weighting and cast in one pass.
+    the weights is written, in ``dtype`` and in one pass, straight into the layout that
+    multiplies the values: ``[B, S, heads·16k]`` for stacked folded values, or with
+    ``heads_first`` ``[B, heads, S, 16k]`` for per-head values.
     """
     batch, heads, seq, count, n = scores.shape
-    probs = scores.softmax(dim=-1, dtype=torch.float32).transpose(1, 2)
+    probs = scores.softmax(dim=-1, dtype=torch.float32)
+    if heads_first:
+        out = torch.empty((batch, heads, seq, count, n), dtype=dtype, device=scores.device)
+        torch.mul(probs, weights.transpose(1, 2), out=out)
+        return out.view(batch, heads, seq, count * n)
     out = torch.empty((batch, seq, heads, count, n), dtype=dtype, device=scores.device)
-    torch.mul(probs, weights, out=out)
+    torch.mul(probs.transpose(1, 2), weights, out=out)
     return out.view(batch, seq, heads * count * n)
 
 

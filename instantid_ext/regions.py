@@ -95,6 +95,13 @@ class RegionSpec:
         if isinstance(value, str):
             return cls(value.strip().lower())
         if isinstance(value, dict):
+            unknown = set(value) - {"kind", "box", "mask", "face_index"}
+            if unknown or "kind" not in value:
+                msg = (
+                    f"A region needs a 'kind' and may have 'box', 'mask' and 'face_index'; got the keys "
+                    f"{sorted(value)}."
+                )
+                raise InvalidInputError(msg)
             return cls(**value)
         if isinstance(value, (Image.Image, np.ndarray)):
             return cls("mask", mask=value)
@@ -482,6 +489,12 @@ def match_pose_faces(
     for region in regions:
         if region.face_index is not None:
             index = region.face_index
+            if index >= len(ordered):
+                msg = (
+                    f"The region of {region.describe()} was built from face {index} of the pose image, "
+                    f"but only {len(ordered)} faces were given now; pass the same faces as to build_regions."
+                )
+                raise InvalidInputError(msg)
         else:
             inside = []
             for k, face in enumerate(ordered):

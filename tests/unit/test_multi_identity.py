@@ -530,3 +530,37 @@ def test_low_precision_within_tolerance(unet, control, adapter) -> None:
     for w, g in zip(want_res, got_res, strict=True):
         assert g.dtype == torch.bfloat16
         assert ((g.float() - w).abs().max() / w.abs().max()).item() <= 3e-2
+
+
+def test_identitynet_fallback_when_to_out_runs_in_slices(control, adapter) -> None:
+    """An attention implementation that projects its result in pieces still gets region-bound
+    attention (the layer's forward hook recomputes it)."""
+    attn = controlnet_attn2_layers(control)[0].module
+    context = cn_context(adapter, [21, 22], [1, 0])
+    x = torch.randn(2, (LATENT // 2) ** 2, attn.to_q.in_features, generator=torch.Generator().manual_seed(8))
+    masks = region_masks(2)
+
+    def sliced_forward(x, context=None, **kwargs):
+        b, heads = x.shape[0], attn.heads
+        q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
+        q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, x.shape[1], -1)
+        half = x.shape[1] // 2
+        return torch.cat([attn.to_out(out[:, :half]), attn.to_out(out[:, half:])], dim=1)
+
+    calls: list[int] = []
+    counter = attn.to_out.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    with RegionalIdentityNet(control, masks, None) as hooks, torch.no_grad():
+        hooks.latent_size = (LATENT, LATENT)
+        whole = attn(x, context=context)
+        assert calls == [x.shape[1]]  # replaced inside the layer's own to_out call: one projection
+        attn.forward = sliced_forward
+        try:
+            pieces = attn(x, context=context)
+        finally:
+            del attn.forward
+            counter.remove()
+    assert len(calls) == 4  # two pieces, then the fallback's whole projection
+    want = ref_control_layer(attn, x, context, masks, 2)
+    for got in (whole, pieces):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5

@@ -249,6 +249,17 @@ def test_overlap_names_both_regions_and_the_amount() -> None:
         build_regions(["left", "top"], (100, 50))
 
 
+def test_spec_shorthands() -> None:
+    assert RegionSpec.parse(" Left ") == RegionSpec("left")
+    assert RegionSpec.parse((0.1, 0.2, 0.3, 0.4)) == RegionSpec("box", box=(0.1, 0.2, 0.3, 0.4))
+    assert RegionSpec.parse({"kind": "auto", "face_index": 1}) == RegionSpec("auto", face_index=1)
+    assert RegionSpec.parse(np.zeros((4, 4))).kind == "mask"
+    with pytest.raises(InvalidInputError, match="needs a 'kind'"):
+        RegionSpec.parse({"where": "left"})
+    with pytest.raises(InvalidInputError, match="Cannot read a region from int"):
+        RegionSpec.parse(3)
+
+
 def test_more_than_four_identities() -> None:
     with pytest.raises(InvalidInputError, match="at most 4 identities, but 5 were given; remove 1"):
         build_regions(["left"] * 5, (100, 100))
