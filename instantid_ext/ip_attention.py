@@ -17,6 +17,14 @@ fused multiply-add into the layer output. The query is captured from ``to_q``'s 
 
 Which rows of a UNet batch are conditional is decided per UNet call by a
 :class:`RowRouter` (a forward pre-hook on the UNet), fed by the host once per denoiser call.
+
+Several people (:class:`MultiIPAttentionPatch`): each identity r brings its own 16 tokens,
+weight and region mask. The keys of all identities are stacked (``[heads, d, 16·k]``), so one
+matmul scores every query against every identity; the softmax runs per 16-token block, each
+block is multiplied by its identity's region mask on the layer's token grid, and one
+``baddbmm`` against the stacked folded values (``scale_r · V_r · W_outᵀ``) adds the term. A
+query inside region r thus attends to identity r's tokens only, with r's weight; a query
+outside every region gets no face term. One identity takes exactly the single-person path.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -39,6 +47,8 @@ from .sdxl_layers import TOKEN_DIM, Attn2Layer, sdxl_attn2_layers
 logger = logging.getLogger(__name__)
 
 UNCOND, COND = 0, 1
+MAX_IDENTITIES = 4
+"""Most people one generation can hold (each adds 16 keys to every attn2 layer)."""
 
 # sd-webui-controlnet prepends one token filled with ±1024 to every crossattn context to tell
 # cond rows (+) from uncond rows (-); its UNet forward strips it before the blocks.
@@ -126,8 +136,8 @@ class RowRouter:
 class _LayerCache:
     """Per-layer tensors precomputed once per generation for one (device, dtype)."""
 
-    keys: torch.Tensor  # [2, heads, d, 16]: K_ipᵀ/√d for uncond (0) and cond (1)
-    values: torch.Tensor  # [2, heads*16, C]: scale · V_ip,h · W_out,hᵀ stacked over heads
+    keys: torch.Tensor  # [2, heads, d, 16·k]: K_ipᵀ/√d for uncond (0) and cond (1), k identities
+    values: torch.Tensor  # [2, heads*16·k, C]: scale_r · V_ip,h · W_out,hᵀ stacked over heads
 
 
 @dataclass
@@ -146,6 +156,80 @@ def _out_weight(attn: nn.Module) -> torch.Tensor:
     to_out = attn.to_out
     linear = to_out[0] if isinstance(to_out, (nn.Sequential, nn.ModuleList)) else to_out
     return linear.weight
+
+
+def region_probs(
+    scores: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype, *, heads_first: bool = False
+) -> torch.Tensor:
+    """Attention weights for k identities, each query confined to its region's tokens.
+
+    ``scores`` ``[B, heads, S, k, 16]``: query·key scores against every identity's 16 keys;
+    ``weights`` ``[1, S, 1, k, 1]``: how much each query takes from each identity (its region
+    masks on the token grid). A softmax runs per 16-token block (float32); the result times
+    the weights is written, in ``dtype`` and in one pass, straight into the layout that
+    multiplies the values: ``[B, S, heads·16k]`` for stacked folded values, or with
+    ``heads_first`` ``[B, heads, S, 16k]`` for per-head values.
+    """
+    batch, heads, seq, count, n = scores.shape
+    probs = scores.softmax(dim=-1, dtype=torch.float32)
+    if heads_first:
+        out = torch.empty((batch, heads, seq, count, n), dtype=dtype, device=scores.device)
+        torch.mul(probs, weights.transpose(1, 2), out=out)
+        return out.view(batch, heads, seq, count * n)
+    out = torch.empty((batch, seq, heads, count, n), dtype=dtype, device=scores.device)
+    torch.mul(probs.transpose(1, 2), weights, out=out)
+    return out.view(batch, seq, heads * count * n)
+
+
+@dataclass(frozen=True)
+class IPIdentity:
+    """One person's face tokens and how they apply: weight and (optional) region.
+
+    ``cond``/``uncond`` are ``[16, 2048]`` or ``[1, 16, 2048]`` (Resampler of the embedding
+    and of zeros). ``mask`` is ``[H, W]`` in [0, 1] at any resolution with the output's
+    aspect ratio; with several identities every one needs a mask, and they should not
+    overlap (``instantid_ext.regions`` builds and checks them).
+    """
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    scale: float = 0.8
+    mask: torch.Tensor | None = None
+
+
+def _check_tokens(name: str, tokens: torch.Tensor) -> None:
+    if tuple(tokens.shape[-2:]) != (NUM_FACE_TOKENS, TOKEN_DIM) or tokens.ndim not in (2, 3):
+        msg = f"{name} must be [16, 2048] face tokens, got {tuple(tokens.shape)}."
+        raise InvalidInputError(msg)
+
+
+def _check_identities(identities: Sequence[IPIdentity]) -> None:
+    count = len(identities)
+    if not 1 <= count <= MAX_IDENTITIES:
+        msg = f"InstantID takes 1 to {MAX_IDENTITIES} identities in one image, got {count}."
+        raise InvalidInputError(msg)
+    for i, identity in enumerate(identities):
+        label = "" if count == 1 else f" of identity {i + 1}"
+        _check_tokens(f"cond_tokens{label}", identity.cond)
+        _check_tokens(f"uncond_tokens{label}", identity.uncond)
+        if not math.isfinite(float(identity.scale)):
+            msg = f"The ID weight{label} must be a finite number, got {identity.scale!r}."
+            raise InvalidInputError(msg)
+        if identity.mask is not None and identity.mask.ndim != 2:
+            msg = f"The region mask{label} must be a 2-D [H, W] map, got shape {tuple(identity.mask.shape)}."
+            raise InvalidInputError(msg)
+    if count > 1:
+        missing = [str(i + 1) for i, identity in enumerate(identities) if identity.mask is None]
+        if missing:
+            msg = f"With {count} identities each needs a region mask; identity {', '.join(missing)} has none."
+            raise InvalidInputError(msg)
+        shapes = {tuple(identity.mask.shape) for identity in identities}  # type: ignore[union-attr]
+        if len(shapes) > 1:
+            msg = (
+                f"The region masks of the identities differ in size ({sorted(shapes)}); "
+                "give them all one size."
+            )
+            raise InvalidInputError(msg)
 
 
 class IPAttentionPatch:
@@ -172,20 +256,46 @@ class IPAttentionPatch:
         router: RowRouter | None = None,
         precomputed: PrecomputedKV | None = None,
     ) -> None:
-        for name, tokens in (("cond_tokens", cond_tokens), ("uncond_tokens", uncond_tokens)):
-            if tuple(tokens.shape[-2:]) != (NUM_FACE_TOKENS, TOKEN_DIM) or tokens.ndim not in (2, 3):
-                msg = f"{name} must be [16, 2048] face tokens, got {tuple(tokens.shape)}."
-                raise InvalidInputError(msg)
+        identity = IPIdentity(cond_tokens, uncond_tokens, scale, mask)
+        self._setup(unet, adapter, [identity], start, end, router, precomputed)
+
+    def _setup(
+        self,
+        unet: nn.Module,
+        adapter: IPAdapter,
+        identities: Sequence[IPIdentity],
+        start: float,
+        end: float,
+        router: RowRouter | None,
+        precomputed: PrecomputedKV | None,
+    ) -> None:
+        identities = list(identities)
+        _check_identities(identities)
         if not 0.0 <= start <= end <= 1.0:
             msg = f"The ID start/end must satisfy 0 ≤ start ≤ end ≤ 1, got {start}/{end}."
             raise InvalidInputError(msg)
         self.unet = unet
         self.adapter = adapter
-        self.scale = float(scale)
+        self.identities = tuple(identities)
+        self.scale = float(identities[0].scale)
+        """The first (for one person: the only) identity's weight."""
         self.start, self.end = float(start), float(end)
         self.router = router or RowRouter()
-        self.mask = None if mask is None else mask.detach().float()
-        self._tokens = torch.stack([uncond_tokens.reshape(-1, TOKEN_DIM), cond_tokens.reshape(-1, TOKEN_DIM)])
+        masks = [identity.mask for identity in identities]
+        self.mask = None if masks[0] is None else masks[0].detach().float()
+        self._masks: torch.Tensor | None = None
+        """``[k, H, W]`` float32 region masks, or None (one identity without a mask)."""
+        if masks[0] is not None:
+            self._masks = torch.stack([m.detach().float() for m in masks if m is not None])
+        self._scales = [float(identity.scale) for identity in identities]
+        self._enabled = any(s != 0.0 for s in self._scales)
+        # [2, 16·k, 2048]: uncond tokens of every identity, then their cond tokens.
+        self._tokens = torch.stack(
+            [
+                torch.cat([identity.uncond.reshape(-1, TOKEN_DIM) for identity in identities]),
+                torch.cat([identity.cond.reshape(-1, TOKEN_DIM) for identity in identities]),
+            ]
+        )
         self._mask_cache: dict[tuple, torch.Tensor] = {}
         self._owns_kv = precomputed is None
         self._kv: PrecomputedKV = {} if precomputed is None else precomputed
@@ -210,7 +320,12 @@ class IPAttentionPatch:
             self._handles.append(attn.to_q.register_forward_hook(self._capture_query(hook)))
             self._handles.append(attn.register_forward_hook(self._add_ip_term(hook)))
         _LIVE.add(self)
-        logger.info("InstantID attention hooks installed on %d layers", len(self._layers))
+        logger.info(
+            "InstantID attention hooks installed on %d layers (%d identit%s)",
+            len(self._layers),
+            len(self.identities),
+            "y" if len(self.identities) == 1 else "ies",
+        )
 
     @property
     def installed(self) -> bool:
@@ -247,7 +362,7 @@ class IPAttentionPatch:
     @property
     def active(self) -> bool:
         """Whether the face tokens apply at the router's current sampling progress."""
-        return self.scale != 0.0 and self.start <= self.router.progress <= self.end
+        return self._enabled and self.start <= self.router.progress <= self.end
 
     def _capture_query(self, hook: _LayerHook):
         def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -275,13 +390,18 @@ class IPAttentionPatch:
             cache = self._kv[key]
         keys, values = self._select_rows(cache, batch)
         heads = hook.heads
-        # [B, S, heads*d] -> [B, heads, S, d] @ [B, heads, d, 16] -> scores [B, heads, S, 16]
+        count = len(self._scales)
+        # [B, S, heads*d] -> [B, heads, S, d] @ [B, heads, d, 16k] -> scores [B, heads, S, 16k]
         q = query.to(output.dtype).view(batch, seq, heads, width // heads).transpose(1, 2)
         scores = torch.matmul(q, keys)
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(output.dtype)
-        probs = probs.transpose(1, 2).reshape(batch, seq, heads * NUM_FACE_TOKENS)  # [B, S, heads*16]
-        if self.mask is not None:
-            probs = probs * self._token_mask(seq, output.device, output.dtype)
+        if count == 1:
+            probs = scores.softmax(dim=-1, dtype=torch.float32).to(output.dtype)
+            probs = probs.transpose(1, 2).reshape(batch, seq, heads * NUM_FACE_TOKENS)  # [B, S, heads*16]
+            if self._masks is not None:
+                probs = probs * self._token_mask(seq, output.device, output.dtype)
+        else:
+            blocks = scores.view(batch, heads, seq, count, NUM_FACE_TOKENS)
+            probs = region_probs(blocks, self._token_mask(seq, output.device, output.dtype), output.dtype)
         return torch.baddbmm(output, probs, values)  # out + probs @ (scale · V W_outᵀ)
 
     def _select_rows(self, cache: _LayerCache, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,42 +419,82 @@ class IPAttentionPatch:
     def _precompute(self, device: torch.device, dtype: torch.dtype) -> None:
         """Face keys and folded values of every layer for this generation (float32 math)."""
         with self._lock:
-            tokens = self._tokens.to(device=device, dtype=torch.float32)  # [2, 16, 2048]
+            tokens = self._tokens.to(device=device, dtype=torch.float32)  # [2, 16·k, 2048]
+            n_tokens = tokens.shape[1]
+            count = len(self._scales)
+            scale: float | torch.Tensor = self._scales[0]
+            if count > 1:  # scale_r for each of identity r's 16 tokens
+                per_token = torch.tensor(self._scales, device=device).repeat_interleave(NUM_FACE_TOKENS)
+                scale = per_token.view(1, 1, n_tokens, 1)
             for hook, to_k, to_v in zip(
                 self._layers, self.adapter.to_k_ip, self.adapter.to_v_ip, strict=True
             ):
                 heads = hook.heads
-                keys = F.linear(tokens, to_k.weight.to(device=device, dtype=torch.float32))  # [2, 16, C]
+                keys = F.linear(tokens, to_k.weight.to(device=device, dtype=torch.float32))  # [2, 16k, C]
                 vals = F.linear(tokens, to_v.weight.to(device=device, dtype=torch.float32))
                 width = keys.shape[-1]
                 d = width // heads
-                keys = keys.view(2, NUM_FACE_TOKENS, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
+                keys = keys.view(2, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
                 w_out = _out_weight(hook.layer.module).to(device=device, dtype=torch.float32)
                 w_heads = w_out.view(width, heads, d).permute(1, 2, 0)  # [heads, d, C]
-                vals = vals.view(2, NUM_FACE_TOKENS, heads, d).transpose(1, 2)  # [2, heads, 16, d]
-                folded = torch.matmul(vals, w_heads) * self.scale  # [2, heads, 16, C]
+                vals = vals.view(2, n_tokens, heads, d).transpose(1, 2)  # [2, heads, 16k, d]
+                folded = torch.matmul(vals, w_heads) * scale  # [2, heads, 16k, C]
                 self._kv[(hook.layer.ip_index, device, dtype)] = _LayerCache(
                     keys=keys.to(dtype).contiguous(),
-                    values=folded.reshape(2, heads * NUM_FACE_TOKENS, width).to(dtype).contiguous(),
+                    values=folded.reshape(2, heads * n_tokens, width).to(dtype).contiguous(),
                 )
 
     def _token_mask(self, seq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The region mask resized (nearest) to this layer's token grid, as ``[1, S, 1]``."""
+        """The region masks resized (nearest) to this layer's token grid.
+
+        ``[1, S, 1]`` for one identity (it multiplies ``[B, S, heads·16]``); ``[1, S, 1, k, 1]``
+        for k identities (it multiplies ``[B, S, heads, k, 16]``, one region per 16-block).
+        """
         key = (seq, self.router.latent_size, device, dtype)
         cached = self._mask_cache.get(key)
         if cached is not None:
             return cached
-        assert self.mask is not None
-        grid = _token_grid(seq, self.router.latent_size, tuple(self.mask.shape[-2:]))
-        small = F.interpolate(self.mask[None, None], size=grid, mode="nearest")
-        cached = small.reshape(1, seq, 1).to(device=device, dtype=dtype)
+        assert self._masks is not None
+        count = self._masks.shape[0]
+        grid = token_grid(seq, self.router.latent_size, tuple(self._masks.shape[-2:]))
+        small = F.interpolate(self._masks[None], size=grid, mode="nearest")  # [1, k, h, w]
+        if count == 1:
+            cached = small.reshape(1, seq, 1)
+        else:
+            cached = small.reshape(count, seq).t().reshape(1, seq, 1, count, 1)
+        cached = cached.to(device=device, dtype=dtype)
         self._mask_cache[key] = cached
         return cached
 
 
-def _token_grid(seq: int, latent: tuple[int, int] | None, mask_hw: tuple[int, ...]) -> tuple[int, int]:
+class MultiIPAttentionPatch(IPAttentionPatch):
+    """Several people in one image: each identity's face tokens only inside its region.
+
+    In every attn2 layer a query inside region r attends to identity r's 16 tokens alone
+    (softmax over those 16), scaled by r's weight; queries outside every region get no face
+    term, only the prompt. Regions are each identity's ``mask`` (required when there are
+    several; non-overlapping). ``start``/``end``, ``router`` and ``precomputed`` are as for
+    :class:`IPAttentionPatch`; one identity behaves exactly like it.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        adapter: IPAdapter,
+        identities: Sequence[IPIdentity],
+        start: float = 0.0,
+        end: float = 1.0,
+        router: RowRouter | None = None,
+        precomputed: PrecomputedKV | None = None,
+    ) -> None:
+        self._setup(unet, adapter, identities, start, end, router, precomputed)
+
+
+def token_grid(seq: int, latent: tuple[int, int] | None, mask_hw: tuple[int, ...]) -> tuple[int, int]:
     """(h, w) of a layer's token grid: the latent halved (ceil, like the UNet's stride-2
-    convolutions) until it holds ``seq`` tokens; from the mask's aspect if the latent is unknown."""
+    convolutions) until it holds ``seq`` tokens; from the mask's aspect if the latent is unknown.
+
+    Shared with the IdentityNet region hooks (same encoder geometry)."""
     if latent is not None:
         h, w = latent
         for _ in range(5):
