@@ -352,10 +352,21 @@ class IPAttentionPatch:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def set_mask(self, mask: torch.Tensor | None) -> None:
-        """Use another region mask from the next layer call on (e.g. the hires canvas's)."""
+    def set_masks(self, masks: Sequence[torch.Tensor | None]) -> None:
+        """Use other region masks, one per identity, from the next layer call on (e.g. the hires
+        canvas's, whose aspect ratio may differ). All None: no mask (one identity only)."""
+        if len(masks) != len(self.identities):
+            msg = f"{len(self.identities)} identities but {len(masks)} region masks."
+            raise InvalidInputError(msg)
         with self._lock:
-            self.mask = None if mask is None else mask.detach().float()
+            if all(mask is None for mask in masks) and len(masks) == 1:
+                self.mask, self._masks = None, None
+            else:
+                stacked = torch.stack([mask.detach().float() for mask in masks if mask is not None])
+                if stacked.shape[0] != len(masks):
+                    msg = "With several identities every one needs a region mask."
+                    raise InvalidInputError(msg)
+                self.mask, self._masks = stacked[0], stacked
             self._mask_cache.clear()
 
     # -- per-step work ------------------------------------------------------------------

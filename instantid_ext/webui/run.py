@@ -195,7 +195,7 @@ class Run(Job):
             return
         mask = self.masks.get("hires")
         if self.patch is not None:
-            self.patch.set_mask(mask)
+            self.patch.set_masks([mask])
         if self.unit is not None:
             self.bridge.set_region_mask(self.unit, None if mask is None else mask.numpy())
 
