@@ -29,7 +29,7 @@ from PIL import Image
 from ..args import INFOTEXT_PREFIX, InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError, NoFaceError
 from ..ip_adapter import IPAdapter
-from ..ip_attention import IPAttentionPatch, PrecomputedKV, RowRouter
+from ..ip_attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
 from ..likeness import format_infotext, format_summary
 from ..models import ModelFile, short_hash
 from ..pipeline import (
@@ -47,6 +47,7 @@ from ..pose_presets import PoseEdit
 from ..resources import Resources
 from . import face_pass, frames, host
 from .job import Job
+from .people import People
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ class Run(Job):
         self.pass_name = "first"
         self.patch: IPAttentionPatch | None = None
         self.noise_seed: int | None = None
+        self.people: People | None = None
+        """Several people (``args.people``), else None."""
+        self.regional: Any = None
+        """IdentityNet's region-bound attention for several people, while sampling."""
         self.likeness_reference: Any = None
         self.scores: list[tuple[int, Any]] = []
         """(image index, LikenessResult) for each scored output."""
@@ -95,6 +100,9 @@ class Run(Job):
     # -- process_batch: the geometry is final ----------------------------------------------
     def on_batch(self, p: Any) -> None:
         """Draw the hint and the face mask where the sampler works, and give them to ControlNet."""
+        if self.people is not None:
+            self._on_batch_people(p)
+            return
         if self.placed is None and self.hint is None:
             self._place(p)
         if self.args.noise > 0:
@@ -110,6 +118,36 @@ class Run(Job):
             hint=self.hint,
             hr_hint=None if self.hr_placed is None else self.hr_placed.hint(),
             region_mask=self._mask_array("first"),
+        )
+
+    def _on_batch_people(self, p: Any) -> None:
+        people = self.people
+        assert people is not None
+        if not people.passes:
+            people.place(p)
+            self.hint = people.passes["first"].hint
+        if self.args.noise > 0:
+            seed = _batch_seed(p)
+            if seed != self.noise_seed:
+                assert self.adapter is not None
+                people.tokens = [
+                    FaceTokens.from_embedding(self.adapter, c.embedding, noise=self.args.noise, seed=seed)
+                    for c in people.conditionings
+                ]
+                self.noise_seed = seed
+                self.precomputed.clear()
+        if self.bridge is None or self.unit is None:
+            return
+        cond, uncond = people.context_tokens()
+        hires = people.passes.get("hires")
+        self.bridge.apply_face_context(
+            p,
+            self.unit,
+            cond,
+            uncond,
+            hint=people.passes["first"].hint,
+            hr_hint=None if hires is None else hires.hint,
+            region_mask=people.passes["first"].strength_map(people.strengths),
         )
 
     def _place(self, p: Any) -> None:
@@ -166,8 +204,7 @@ class Run(Job):
 
     def _noise_tokens(self, p: Any) -> None:
         """Uncond tokens from seeded noise (the batch's first seed), as the noise option asks."""
-        seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
-        seed = int(seeds[0])
+        seed = _batch_seed(p)
         if seed == self.noise_seed:
             return
         assert self.adapter is not None and self.conditioning is not None
@@ -191,6 +228,9 @@ class Run(Job):
         self.pass_name = "hires"
         if self.bridge is not None:
             self.bridge.mark_hires_conds(p)
+        if self.people is not None:
+            self._people_hires()
+            return
         if not self.args.face_region_only:
             return
         mask = self.masks.get("hires")
@@ -198,6 +238,31 @@ class Run(Job):
             self.patch.set_masks([mask])
         if self.unit is not None:
             self.bridge.set_region_mask(self.unit, None if mask is None else mask.numpy())
+
+    def _people_hires(self) -> None:
+        people = self.people
+        assert people is not None
+        hires = people.passes.get("hires")
+        if hires is None:
+            return
+        if self.patch is not None:
+            self.patch.set_masks(people.masks("hires"))
+        if self.unit is not None:
+            self.bridge.set_region_mask(self.unit, hires.strength_map(people.strengths))
+        if self.regional is not None:
+            self.regional.remove()
+            self.regional = self._regional_identitynet("hires")
+
+    def _regional_identitynet(self, name: str) -> Any:
+        """IdentityNet's attention bound to each person's region (and, on ControlNet 1.1.444-1.1.445,
+        which has no per-unit mask, the strengths as a residual map)."""
+        from ..identitynet_regions import RegionalIdentityNet
+
+        people = self.people
+        assert people is not None and self.unit is not None and self.unit.param is not None
+        param = self.unit.param
+        strengths = None if hasattr(param, "effective_region_mask") else people.strengths
+        return RegionalIdentityNet(param.control_model, people.masks(name), strengths)
 
     # -- p.sample: the checkpoint is final ---------------------------------------------------
     @contextlib.contextmanager
@@ -215,27 +280,43 @@ class Run(Job):
         self.pass_name = "first"
         a = self.args
         with contextlib.ExitStack() as stack:
-            patch = IPAttentionPatch(
-                unet,
-                self.adapter,
-                self.tokens.cond,
-                self.tokens.uncond,
-                scale=a.id_weight,
-                start=a.id_start,
-                end=a.id_end,
-                mask=self.masks["first"],
-                router=self.router,
-                precomputed=self.precomputed,
-            )
+            if self.people is not None:
+                patch: IPAttentionPatch = MultiIPAttentionPatch(
+                    unet,
+                    self.adapter,
+                    self.people.ip_identities("first"),
+                    start=a.id_start,
+                    end=a.id_end,
+                    router=self.router,
+                    precomputed=self.precomputed,
+                )
+            else:
+                patch = IPAttentionPatch(
+                    unet,
+                    self.adapter,
+                    self.tokens.cond,
+                    self.tokens.uncond,
+                    scale=a.id_weight,
+                    start=a.id_start,
+                    end=a.id_end,
+                    mask=self.masks["first"],
+                    router=self.router,
+                    precomputed=self.precomputed,
+                )
             stack.callback(patch.remove)
             self.patch = patch
             stack.callback(setattr, self, "patch", None)
             stack.enter_context(host.cfg_denoiser_callback(self._denoiser_callback(p)))
             if self.unit is not None and self.unit.param is not None:
-                tokens = int(self.tokens.cond.shape[1])
-                handle = self.bridge.residual_mask_hook(self.unit, self.mask_tensor, tokens)
-                if handle is not None:
-                    stack.callback(handle.remove)
+                if self.people is not None:
+                    self.regional = self._regional_identitynet("first")
+                    stack.callback(setattr, self, "regional", None)  # callbacks run last-in first-out:
+                    stack.callback(lambda: self.regional.remove() if self.regional is not None else None)
+                else:
+                    tokens = int(self.tokens.cond.shape[1])
+                    handle = self.bridge.residual_mask_hook(self.unit, self.mask_tensor, tokens)
+                    if handle is not None:
+                        stack.callback(handle.remove)
             yield
         if self.failure is not None:
             raise host.as_http_error(self.failure)
@@ -264,9 +345,15 @@ class Run(Job):
         """Restyle the face(s) of one finished image if asked, then score its likeness."""
         index = face_pass.image_index(p)
         if self.args.face_pass:
-            pp.image = face_pass.restyle_faces(self, p, script, pp.image, index)
+            if self.people is not None:
+                self.warn("The face pass restyles one person's face; with several people it is skipped.")
+            else:
+                pp.image = face_pass.restyle_faces(self, p, script, pp.image, index)
         if self.args.likeness:
-            self._score(p, pp.image, index)
+            if self.people is not None:
+                self._score_people(p, pp.image, index)
+            else:
+                self._score(p, pp.image, index)
 
     def _score(self, p: Any, image: Image.Image, index: int) -> None:
         scorer = self.resources.likeness_scorer()
@@ -293,6 +380,41 @@ class Run(Job):
         if callable(comment):
             comment(f"InstantID image {index + 1}: {format_summary(result)}")
 
+    def _score_people(self, p: Any, image: Image.Image, index: int) -> None:
+        """Each person's likeness: the best of the output's faces inside that person's region."""
+        people = self.people
+        assert people is not None
+        scorer = self.resources.likeness_scorer()
+        if self.likeness_reference is None:
+            self.likeness_reference = [
+                scorer.reference(
+                    cond.embedding,
+                    [] if person.identity else person.images,
+                    weights=list(person.image_weights) or None,
+                    face_choice="largest" if person.face_index is None else "index",
+                    face_index=person.face_index or 0,
+                )
+                for person, cond in zip(self.args.people, people.conditionings, strict=True)
+            ]
+        parts = []
+        for number, (reference, mask) in enumerate(
+            zip(self.likeness_reference, people.passes["first"].masks, strict=True), start=1
+        ):
+            result = scorer.score(image, reference, label=f"output image {index + 1}")
+            inside = mask_at(mask, image.size)
+            scores = [
+                face.similarity
+                for face in result.faces
+                if inside[
+                    min(int((face.bbox[1] + face.bbox[3]) / 2), inside.shape[0] - 1),
+                    min(int((face.bbox[0] + face.bbox[2]) / 2), inside.shape[1] - 1),
+                ]
+            ]
+            parts.append(f"{number}: {max(scores):.2f}" if scores else f"{number}: no face")
+        text = "; ".join(parts) + f" ({scorer_name(scorer)})"
+        p.extra_generation_params[LIKENESS_KEY] = text
+        logger.info("Image %d likeness per person: %s", index + 1, text)
+
     # -- nested generations ----------------------------------------------------------------------
     def controlnet_script(self, p: Any) -> Any:
         """ControlNet's script object in ``p``'s runner, or None."""
@@ -310,7 +432,26 @@ class Run(Job):
         hints = [] if self.hint is None else [Image.fromarray(self.hint)]
         if self.hr_placed is not None:
             hints.append(Image.fromarray(self.hr_placed.hint()))
+        elif self.people is not None and "hires" in self.people.passes:
+            hints.append(Image.fromarray(self.people.passes["hires"].hint))
         return hints
+
+
+def _batch_seed(p: Any) -> int:
+    """The seed of the batch's first image (the negative noise is drawn from it)."""
+    seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
+    return int(seeds[0])
+
+
+def mask_at(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A canvas mask as a boolean map at an image's ``size`` (outputs may be upscaled)."""
+    if (mask.shape[1], mask.shape[0]) != size:
+        mask = np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize(size, Image.NEAREST))
+    return mask > 0
+
+
+def scorer_name(scorer: Any) -> str:
+    return "buffalo_l" if getattr(scorer, "independent", None) is not None else "antelopev2"
 
 
 def _as_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
@@ -377,12 +518,20 @@ def start(p: Any, args: InstantIDArgs, resources: Resources) -> Run:
 
 def _prepare(run: Run, p: Any, resources: Resources) -> None:
     args = run.args
-    conditioning = build_face_conditioning(args, resources.analyzer, resources.identities())
-    run.conditioning = conditioning.with_pose(_resolve_pose(run, p, conditioning, resources))
     run.adapter_file, run.adapter = resources.adapter(args.ip_adapter_model)
-    run.tokens = FaceTokens.from_embedding(run.adapter, run.conditioning.embedding)
-    if args.control_weight > 0:
-        _prepare_identitynet(run, p, resources)
+    if args.people:
+        run.people = People.prepare(args, p, resources, run.adapter)
+        first = run.people.conditionings[0]
+        run.conditioning = FaceConditioning(first.embedding, None, "people", len(args.people))
+        run.tokens = run.people.tokens[0]
+        if any(person.control_weight > 0 for person in args.people):
+            _prepare_identitynet(run, p, resources, weight=1.0)  # the strengths go per region
+    else:
+        conditioning = build_face_conditioning(args, resources.analyzer, resources.identities())
+        run.conditioning = conditioning.with_pose(_resolve_pose(run, p, conditioning, resources))
+        run.tokens = FaceTokens.from_embedding(run.adapter, run.conditioning.embedding)
+        if args.control_weight > 0:
+            _prepare_identitynet(run, p, resources, weight=args.control_weight)
     _wrap_sampling(run, p)
     _close_with(run, p)
     params = p.extra_generation_params
@@ -391,7 +540,7 @@ def _prepare(run: Run, p: Any, resources: Resources) -> None:
     params.update(args.to_infotext(extra=_infotext_extra(run)))
 
 
-def _prepare_identitynet(run: Run, p: Any, resources: Resources) -> None:
+def _prepare_identitynet(run: Run, p: Any, resources: Resources, weight: float) -> None:
     args = run.args
     bridge = _controlnet_bridge()
     run.identitynet_file = resources.identitynet(args.identitynet_model)
@@ -407,7 +556,7 @@ def _prepare_identitynet(run: Run, p: Any, resources: Resources) -> None:
         run,
         p,
         black_hint(frames.canvas_size(p)),  # drawn for real once p.init fixed the geometry
-        args.control_weight,
+        weight,
         args.control_start,
         args.control_end,
         key,
@@ -450,6 +599,10 @@ def _infotext_extra(run: Run) -> dict[str, str]:
     if run.identitynet_file is not None:
         extra["InstantID IdentityNet"] = run.identitynet_file.name
         extra["InstantID IdentityNet hash"] = short_hash(run.identitynet_file.path)
+    if run.people is not None:
+        del extra["InstantID source"]
+        extra["InstantID people"] = run.people.infotext()
+        return extra
     pose = run.conditioning.pose
     if run.args.pose_source == "preset":
         extra["InstantID keypoints from"] = f"preset {run.args.pose_preset}"

@@ -1,0 +1,146 @@
+"""Several people in one generation: the WebUI side of :mod:`instantid_ext.people`.
+
+A :class:`People` object belongs to one :class:`~instantid_ext.webui.run.Run`. It analyses each
+person and the faces of the pose/init image in ``before_process``, lays the regions and
+keypoints out on the sampled canvas once ``p.init`` fixed it (and on the hires canvas), and
+builds what sampling needs: one face-token set per person for the UNet (each confined to its
+region), the people's tokens side by side as IdentityNet's context with its region-bound
+attention, and the per-region IdentityNet strengths as the residual map.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..args import InstantIDArgs
+from ..face import Face
+from ..geometry import Frame
+from ..identitynet_regions import multi_identity_hint
+from ..ip_adapter import IPAdapter
+from ..ip_attention import IPIdentity
+from ..people import PersonConditioning, PersonPlacement, canvas_faces, person_conditioning, place_people
+from ..pipeline import FaceTokens
+from ..resources import Resources
+from . import frames
+
+logger = logging.getLogger(__name__)
+
+
+PoseFaces = tuple[list["Face"], str, tuple[int, int]]
+
+
+@dataclass
+class Pass:
+    """One sampling pass's layout: canvas size, hint, and each person's region and keypoints."""
+
+    size: tuple[int, int]
+    hint: np.ndarray
+    masks: list[np.ndarray]  # float32 H×W per person
+
+    def strength_map(self, strengths: list[float]) -> np.ndarray:
+        """``Σ strength_r · mask_r``: IdentityNet's residual multiplier (the unit's weight is 1)."""
+        return sum((s * m for s, m in zip(strengths, self.masks, strict=True)), np.zeros_like(self.masks[0]))
+
+
+@dataclass
+class People:
+    """The people of one generation and their layout."""
+
+    args: InstantIDArgs
+    conditionings: list[PersonConditioning]
+    tokens: list[FaceTokens]
+    pose_faces: PoseFaces | None
+    """Faces of the pose or init image, which one ("pose_image"/"init_image"), its size."""
+    passes: dict[str, Pass] = field(default_factory=dict)
+    placements: list[PersonPlacement] = field(default_factory=list)
+
+    @classmethod
+    def prepare(cls, args: InstantIDArgs, p: Any, resources: Resources, adapter: IPAdapter) -> People:
+        identities = resources.identities()
+        conditionings = [
+            person_conditioning(person, number, resources.analyzer, identities)
+            for number, person in enumerate(args.people, start=1)
+        ]
+        tokens = [FaceTokens.from_embedding(adapter, c.embedding) for c in conditionings]
+        return cls(args, conditionings, tokens, _pose_faces(args, p, resources))
+
+    # -- layout ------------------------------------------------------------------------------
+    def place(self, p: Any) -> None:
+        """Regions, keypoints and hints on the first-pass canvas and, with hires fix, the hires one."""
+        canvas = frames.canvas_size(p)
+        faces = None
+        if self.pose_faces is not None:
+            found, origin, size = self.pose_faces
+            if origin == "init_image":
+                frame = frames.init_frame(p, size)
+            else:
+                frame = frames.layout_frame(p, size, self.args.resize_mode)
+            faces = canvas_faces(found, frame.map_points)
+        self.placements = place_people(self.args, self.conditionings, canvas, faces, self.args.resize_mode)
+        kps = [placed.kps for placed in self.placements if placed.kps is not None]
+        masks = [placed.region.mask.astype(np.float32) for placed in self.placements]
+        self.passes["first"] = Pass(canvas, multi_identity_hint(canvas, kps), masks)
+        hires = frames.hires_frame(p)
+        if hires is not None:
+            hr_kps = [hires.map_points(k).astype(np.float32) for k in kps]
+            hr_masks = [warp_mask(mask, hires) for mask in masks]
+            self.passes["hires"] = Pass(hires.size, multi_identity_hint(hires.size, hr_kps), hr_masks)
+
+    # -- what sampling needs -----------------------------------------------------------------------
+    @property
+    def weights(self) -> list[float]:
+        return [person.id_weight for person in self.args.people]
+
+    @property
+    def strengths(self) -> list[float]:
+        return [person.control_weight for person in self.args.people]
+
+    def ip_identities(self, name: str = "first") -> list[IPIdentity]:
+        masks = self.passes[name].masks
+        return [
+            IPIdentity(t.cond, t.uncond, scale=w, mask=torch.from_numpy(m))
+            for t, w, m in zip(self.tokens, self.weights, masks, strict=True)
+        ]
+
+    def masks(self, name: str) -> list[torch.Tensor]:
+        return [torch.from_numpy(m) for m in self.passes[name].masks]
+
+    def context_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """IdentityNet's context: the people's tokens side by side, ``(1, 16·k, 2048)`` each."""
+        cond = torch.cat([t.cond.reshape(1, -1, t.cond.shape[-1]) for t in self.tokens], dim=1)
+        uncond = torch.cat([t.uncond.reshape(1, -1, t.uncond.shape[-1]) for t in self.tokens], dim=1)
+        return cond, uncond
+
+    def infotext(self) -> str:
+        from ..people import describe
+
+        return describe(self.args, self.conditionings)
+
+
+def _pose_faces(
+    args: InstantIDArgs, p: Any, resources: Resources
+) -> tuple[list[Face], str, tuple[int, int]] | None:
+    """The faces the people's regions and keypoints may follow: the pose image's, else the init image's."""
+    from ..images import image_size
+
+    if args.pose_source == "pose_image" and args.pose_image is not None:
+        faces = resources.analyzer().analyze(args.pose_image, label="the pose image")
+        return faces, "pose_image", image_size(args.pose_image)
+    if args.pose_source in ("auto", "init_image") and frames.is_img2img(p):
+        image = frames.init_image(p)
+        faces = resources.analyzer().analyze(image, label="the init image")
+        return faces, "init_image", image_size(image)
+    return None
+
+
+def warp_mask(mask: np.ndarray, frame: Frame) -> np.ndarray:
+    """A canvas mask carried onto another canvas by ``frame`` (nearest neighbour, as the latents)."""
+    (sx, sy), (bx, by) = frame.scale, frame.offset
+    matrix = np.array([[sx, 0.0, bx], [0.0, sy, by]], dtype=np.float64)
+    return cv2.warpAffine(mask, matrix, frame.size, flags=cv2.INTER_NEAREST, borderValue=0.0)
