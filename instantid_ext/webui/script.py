@@ -29,6 +29,7 @@ def ui_env() -> Any:
         controlnet_status=services.controlnet_status,
         preview=services.preview,
         save_identity=services.save_identity,
+        people_preview=services.people_preview,
     )
 
 

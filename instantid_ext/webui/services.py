@@ -170,6 +170,65 @@ def preview(
     return annotated, hint, message
 
 
+#: Region tints of the people preview, person 1 to 4 (RGB).
+PERSON_COLOURS = ((66, 135, 245), (245, 130, 48), (60, 180, 75), (240, 50, 230))
+
+
+def people_preview(
+    people: Any,
+    pose_source: str,
+    pose_image: Any,
+    pose_preset: str,
+    resize_mode: str,
+    width: int,
+    height: int,
+) -> tuple[np.ndarray | None, str]:
+    """Each person's region tinted on the output canvas, with the keypoints IdentityNet will get."""
+    from ..identitynet_regions import multi_identity_hint
+    from ..images import image_size as size_of
+    from ..people import canvas_faces, person_conditioning, place_people
+
+    size = (int(width), int(height))
+    try:
+        args = InstantIDArgs.parse(
+            {
+                "enabled": True,
+                "people": people or [],
+                "pose_source": pose_source,
+                "pose_image": pose_image,
+                "pose_preset": pose_preset,
+                "resize_mode": resize_mode,
+            }
+        )
+        if not args.people:
+            return None, "Fill at least two person rows (a photo or a saved identity each)."
+        conditionings = [
+            person_conditioning(person, n, resources().analyzer, resources().identities())
+            for n, person in enumerate(args.people, start=1)
+        ]
+        faces = None
+        if args.pose_source == "pose_image" and args.pose_image is not None:
+            found = resources().analyzer().analyze(args.pose_image, label="the pose image")
+            frame = Frame.resize(size_of(args.pose_image), size, args.resize_mode)
+            faces = canvas_faces(found, frame.map_points)
+        placements = place_people(args, conditionings, size, faces, args.resize_mode)
+    except InstantIDError as err:
+        return None, f"⚠ {err}"
+    canvas = np.zeros((size[1], size[0], 3), np.float32)
+    for placed, colour in zip(placements, PERSON_COLOURS, strict=False):
+        canvas += placed.region.mask[..., None] * (np.array(colour, np.float32) * 0.45)
+    kps = [placed.kps for placed in placements if placed.kps is not None]
+    hint = multi_identity_hint(size, kps).astype(np.float32)
+    picture = np.clip(np.maximum(canvas, hint), 0, 255).astype(np.uint8)
+    for number, placed in enumerate(placements, start=1):
+        x1, y1, _, _ = placed.region.box
+        cv2.putText(
+            picture, str(number), (x1 + 6, y1 + 26), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 255), 2
+        )
+    where = ", ".join(f"{n}: {p.region.label}" for n, p in enumerate(placements, start=1))
+    return picture, f"{len(placements)} people at {size[0]}×{size[1]} ({where})."
+
+
 def save_identity(name: str, images: Any, face_choice: str, face_index: int, overwrite: bool) -> str:
     """Analyse the photos and store their mean embedding under ``name``; returns a status line."""
     try:

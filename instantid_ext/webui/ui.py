@@ -145,6 +145,9 @@ class UiEnv:
     preview: Callable[..., tuple[np.ndarray | None, np.ndarray | None, str]]
     #: (name, images, face_choice, face_index, overwrite) → status message.
     save_identity: Callable[..., str]
+    #: (people, pose_source, pose_image, pose_preset, resize_mode, width, height)
+    #: → (regions and keypoints on the output canvas, message).
+    people_preview: Callable[..., tuple[np.ndarray | None, str]] | None = None
 
 
 @dataclass
@@ -298,6 +301,18 @@ def people_value(*values: Any) -> list[dict[str, Any]]:
             person["mask"] = row["mask"]
         people.append(person)
     return people
+
+
+def run_people_preview(env: UiEnv, *values: Any) -> tuple[np.ndarray | None, str]:
+    """Show where each person goes; the last two values are the output width and height."""
+    *fields, width, height = values
+    assert env.people_preview is not None
+    try:
+        return env.people_preview(
+            *fields, int(width or DEFAULT_PREVIEW_SIZE), int(height or DEFAULT_PREVIEW_SIZE)
+        )
+    except InstantIDError as err:
+        return None, f"⚠ {err}"
 
 
 def show_region_inputs(region: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -788,6 +803,21 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                 )
                 person_inputs += [images, identity, region, box, mask, id_weight, control_weight]
             c["people"] = gr.State([])
+            with gr.Row():
+                people_button = gr.Button("Preview people", elem_id=eid("people_preview"))
+                people_width = gr.Number(
+                    value=DEFAULT_PREVIEW_SIZE, precision=0, visible=False, elem_id=eid("people_width")
+                )
+                people_height = gr.Number(
+                    value=DEFAULT_PREVIEW_SIZE, precision=0, visible=False, elem_id=eid("people_height")
+                )
+            people_picture = gr.Image(
+                label="Regions and keypoints on the output canvas",
+                type="numpy",
+                interactive=False,
+                elem_id=eid("people_picture"),
+            )
+            people_message = gr.Markdown("", elem_id=eid("people_message"))
 
         with gr.Accordion("Save as identity", open=False, elem_id=eid("save_accordion")):
             with gr.Row():
@@ -856,6 +886,22 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
 
     for component in person_inputs:
         component.change(collect_people, inputs=person_inputs, outputs=[c["people"]], queue=False)
+    if env.people_preview is not None:
+        people_inputs = [
+            c["people"],
+            c["pose_source"],
+            c["pose_image"],
+            c["pose_preset"],
+            c["resize_mode"],
+            people_width,
+            people_height,
+        ]
+        people_button.click(
+            functools.partial(run_people_preview, env),
+            _js=_SIZE_FROM_TAB_JS.replace("__COUNT__", str(len(people_inputs))).replace("__TAB__", tab),
+            inputs=people_inputs,
+            outputs=[people_picture, people_message],
+        )
 
     components = [c[name] for name in ARG_FIELDS]
     infotext_fields = [

@@ -197,3 +197,44 @@ def test_more_people_than_faces_in_the_pose_image(host, unet, cn) -> None:
         person["region"] = "auto"
     with pytest.raises(InstantIDError, match="face"):
         fake_host.run_job(job(host, unet, cn, args, width=256, height=128))
+
+
+def test_the_panel_rows_become_the_people_argument() -> None:
+    from instantid_ext.args import InstantIDArgs
+    from instantid_ext.webui import ui
+
+    row = (None, "None", "left", "", None, 0.8, 0.8)
+    filled = ([b"photo"], "None", "box", "0.5, 0, 1, 1", None, 0.7, 0.4)
+    saved = (None, "ada", "auto", "", None, 0.8, 0.8)
+    people = ui.people_value(*row, *filled, *saved, *row)
+    assert people == [
+        {
+            "images": [b"photo"],
+            "identity": "",
+            "region": "box",
+            "id_weight": 0.7,
+            "control_weight": 0.4,
+            "box": "0.5, 0, 1, 1",
+        },
+        {"images": [], "identity": "ada", "region": "auto", "id_weight": 0.8, "control_weight": 0.8},
+    ]
+    assert ui.people_value(*row, *row, *row, *row) == []
+    assert InstantIDArgs.parse({"people": []}).people == []
+
+
+def test_people_preview_tints_each_region_and_draws_the_keypoints(host) -> None:
+    from instantid_ext.webui import services
+
+    people = [{"images": [photo(A)], "region": "left"}, {"images": [photo(B)], "region": "right"}]
+    picture, message = services.people_preview(
+        people, "reference", None, "front", "Crop and Resize", 256, 128
+    )
+    assert picture.shape == (128, 256, 3)
+    assert message.startswith("2 people at 256×128 (1: left, 2: right)")
+    left_tint, right_tint = picture[120, 10], picture[120, 246]
+    assert tuple(left_tint) != tuple(right_tint) and left_tint.any() and right_tint.any()
+    _, message = services.people_preview(people[:1], "reference", None, "front", "Crop and Resize", 256, 128)
+    assert (
+        message
+        == "⚠ InstantID argument 'people': give 2 to 4 people (got 1); for one person use images or identity."
+    )
