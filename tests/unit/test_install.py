@@ -447,3 +447,11 @@ def test_script_with_skip_install_does_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "webui" / "imported").exists()
+
+
+def test_the_doctor_knows_the_same_package_flavours_as_the_installer() -> None:
+    """install.py may not import the package, so the two lists are kept equal here."""
+    from instantid_ext import doctor
+
+    assert set(doctor.ONNXRUNTIME_FLAVOURS) == set(inst.ONNXRUNTIME_FLAVOURS)
+    assert set(doctor.OPENCV_FLAVOURS) == set(inst.OPENCV_FLAVOURS)
