@@ -15,7 +15,8 @@ The models are SDXL-shaped stand-ins with random weights and the real attention 
 the UNet's encoder half + hint encoder + 1×1 convolutions, 34 attn2 layers). Variants run in
 the same process, interleaved round by round in rotating order; each round installs the
 variant's hooks, warms up once and times ``--steps`` steps. Defaults (CPU, float32, 32×32
-latent) take several minutes on two cores and about 12 GB of memory. On a GPU::
+latent) take several minutes on two cores and about 12 GB of memory. On a shared, busy CPU,
+``--threads 1 --clock cpu`` (this process's CPU time) gives steadier ratios. On a GPU::
 
     python benchmarks/multi_identity.py --device cuda --dtype float16 --latent 128
 """

@@ -20,6 +20,10 @@ zeros, k times), and the hint holds every person's keypoints (:func:`multi_ident
 - the ten residuals are multiplied by ``Σ_r strength_r · mask_r``, bilinearly resized to each
   residual's size, as the reference multiplies IdentityNet's residuals by its face mask.
 
+Only the face tokens are confined: IdentityNet's self-attention and convolutions still mix
+features across regions, as in any single pass over one image (k separate passes would keep
+each region's residuals free of the other identities, at k times the cost).
+
 How the hooks stay cheap: a forward pre-hook hands the layer's own forward a one-token
 context (so its attention is trivial whatever attention implementation the WebUI installed),
 the query is captured from ``to_q``'s call, and a pre-hook on ``to_out`` replaces the

@@ -137,7 +137,7 @@ class Region:
         return f"identity {self.index + 1} ({self.label})"
 
 
-# -- helpers --------------------------------------------------------------------------------
+# -- internals ------------------------------------------------------------------------------
 def _edge(fraction: float, n: int) -> int:
     """The pixel edge nearest to ``fraction`` of ``n`` (halves round up)."""
     return math.floor(fraction * n + 0.5)
