@@ -21,7 +21,7 @@ try:
     from .face import Face, FaceAnalyzer, choose_face, mean_embedding
     from .identity import Identity, IdentityStore, load_identity, save_identity
     from .ip_adapter import IPAdapter, load_ip_adapter
-    from .ip_attention import IPAttentionPatch, RowRouter, ip_attention, remove_all_patches
+    from .ip_attention import IPAttentionPatch, RowRouter, ip_attention
     from .keypoints import draw_kps, kps_image_for_output, map_points
     from .resampler import Resampler
 except ImportError as _missing:  # torch, numpy or OpenCV is missing: `python -m instantid_ext doctor` says so
@@ -64,6 +64,5 @@ __all__ = [
     "load_ip_adapter",
     "map_points",
     "mean_embedding",
-    "remove_all_patches",
     "save_identity",
 ]

@@ -228,6 +228,9 @@ class RegionalIdentityNet:
             None if strengths is None else ResidualScaler(region_strength_map(self.masks, strengths))
         )
         self.latent_size: tuple[int, int] | None = None
+        self.expected = NUM_FACE_TOKENS * self.count
+        """Context length of our calls: the people's tokens side by side."""
+        self.call_is_ours = True
         self._weights_cache: dict[tuple, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._lock = threading.Lock()
@@ -278,14 +281,20 @@ class RegionalIdentityNet:
         self.remove()
 
     # -- hooks ----------------------------------------------------------------------------
+    def _ours(self, context: Any) -> bool:
+        """Whether a call carries our people's tokens: ControlNet may run the same network for a
+        user's own unit (with the text as context), and that call must pass untouched."""
+        return isinstance(context, torch.Tensor) and context.ndim == 3 and context.shape[1] == self.expected
+
     def _capture_latent(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = kwargs.get("x", args[0] if args else None)
+        self.call_is_ours = self._ours(kwargs.get("context", args[3] if len(args) > 3 else None))
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             self.latent_size = (int(x.shape[-2]), int(x.shape[-1]))
 
     def _scale_residuals(self, module: nn.Module, args: tuple, output: Any) -> Any:
         assert self.scaler is not None
-        return self.scaler(output)
+        return self.scaler(output) if self.call_is_ours else None
 
     def _swap_context(self, state: _AttnState):
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -294,13 +303,9 @@ class RegionalIdentityNet:
             if context is None:
                 state.context = None
                 return None
-            expected = NUM_FACE_TOKENS * self.count
-            if context.ndim != 3 or context.shape[1] != expected:
-                msg = (
-                    f"IdentityNet got a context of {tuple(context.shape)} in {state.layer.name}; "
-                    f"{self.count} identities need their tokens side by side, [batch, {expected}, 2048]."
-                )
-                raise InvalidInputError(msg)
+            if not self._ours(context):
+                state.context = None  # another unit's call on the shared network: untouched
+                return None
             state.context = context
             # The layer's own attention runs on one token (cheap); our hook replaces its result.
             short = context[:, :1]

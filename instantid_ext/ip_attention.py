@@ -319,7 +319,6 @@ class IPAttentionPatch:
             attn = hook.layer.module
             self._handles.append(attn.to_q.register_forward_hook(self._capture_query(hook)))
             self._handles.append(attn.register_forward_hook(self._add_ip_term(hook)))
-        _LIVE.add(self)
         logger.info(
             "InstantID attention hooks installed on %d layers (%d identit%s)",
             len(self._layers),
@@ -342,7 +341,6 @@ class IPAttentionPatch:
         if self._owns_kv:
             self._kv.clear()
         self._mask_cache.clear()
-        _LIVE.discard(self)
         if handles:
             logger.info("InstantID attention hooks removed")
 
@@ -518,18 +516,6 @@ def token_grid(seq: int, latent: tuple[int, int] | None, mask_hw: tuple[int, ...
         msg = f"Cannot fit the face mask ({mask_hw}) onto a grid of {seq} tokens."
         raise InvalidInputError(msg)
     return h, w
-
-
-_LIVE: set[IPAttentionPatch] = set()
-"""Patches currently installed, so a reload or a failed job can remove them all."""
-
-
-def remove_all_patches() -> int:
-    """Remove every installed patch (on script reload, before a new job); returns how many."""
-    live = list(_LIVE)
-    for patch in live:
-        patch.remove()
-    return len(live)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from torch import nn
 
 from instantid_ext.errors import IncompatibleModelError, InvalidInputError
 from instantid_ext.ip_adapter import IPAdapter, load_ip_adapter
-from instantid_ext.ip_attention import IPAttentionPatch, RowRouter, ip_attention, remove_all_patches
+from instantid_ext.ip_attention import IPAttentionPatch, RowRouter, ip_attention
 from instantid_ext.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_unet import make_unet
 from tests.fakes.weights import adapter_checkpoint, save_bin
@@ -248,12 +248,18 @@ def test_nothing_leaks_after_an_exception_inside_the_forward_pass(unet, adapter)
     assert torch.equal(call(unet, inputs), before)
 
 
-def test_remove_all_patches_clears_forgotten_handles(unet, adapter) -> None:
+def test_each_patch_removes_only_its_own_hooks(unet, adapter) -> None:
+    """Two patches (two jobs) on one UNet: removing one leaves the other working."""
     cond, uncond = face_tokens(adapter)
-    IPAttentionPatch(unet, adapter, cond, uncond)
-    IPAttentionPatch(unet, adapter, cond, uncond)
-    assert remove_all_patches() == 2
-    assert remove_all_patches() == 0
+    inputs = unet_inputs(2, seed=5)
+    plain = call(unet, inputs)
+    first = IPAttentionPatch(unet, adapter, cond, uncond)
+    alone = call(unet, inputs)
+    second = IPAttentionPatch(unet, adapter, cond, uncond, scale=0.0)
+    second.remove()
+    assert torch.equal(call(unet, inputs), alone)
+    first.remove()
+    assert torch.equal(call(unet, inputs), plain)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
 
 

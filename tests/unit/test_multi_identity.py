@@ -459,19 +459,22 @@ def test_one_identity_needs_no_attention_hooks(control, adapter) -> None:
     assert all(torch.equal(a, b) for a, b in zip(plain, same, strict=True))
 
 
-def test_identitynet_hooks_remove_cleanly_and_check_the_context(control, adapter) -> None:
+def test_identitynet_hooks_remove_cleanly_and_leave_other_calls_alone(control, adapter) -> None:
     inputs = control_inputs(1, seed=5)
     context = cn_context(adapter, [21, 22], [1])
     before = run_control(control, inputs, context)
+    other_before = run_control(control, inputs, context[:, :16])
     hooks = RegionalIdentityNet(control, region_masks(2), [1.0, 1.0])
     assert hooks.installed
     assert any(
         not torch.equal(a, b) for a, b in zip(before, run_control(control, inputs, context), strict=True)
     )
-    with pytest.raises(
-        InvalidInputError, match=r"2 identities need their tokens side by side, \[batch, 32, 2048\]"
-    ):
-        run_control(control, inputs, context[:, :16])
+    # A call with another context (a user's unit on the same network) passes untouched.
+    plain_other = [r.clone() for r in run_control_plain(control, inputs, context[:, :16], hooks)]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(plain_other, run_control(control, inputs, context[:, :16]), strict=True)
+    )
     hooks.remove()
     hooks.remove()
     assert not hooks.installed
