@@ -30,7 +30,6 @@ from ..args import INFOTEXT_PREFIX, InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError, NoFaceError
 from ..ip_adapter import IPAdapter
 from ..ip_attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
-from ..likeness import format_infotext, format_summary
 from ..models import ModelFile, short_hash
 from ..pipeline import (
     ORIGIN_TEXT,
@@ -45,13 +44,11 @@ from ..pipeline import (
 )
 from ..pose_presets import PoseEdit
 from ..resources import Resources
-from . import face_pass, frames, host
+from . import face_pass, frames, host, scoring
 from .job import Job
 from .people import People
 
 logger = logging.getLogger(__name__)
-
-LIKENESS_KEY = "InstantID likeness"
 
 
 class Run(Job):
@@ -350,70 +347,7 @@ class Run(Job):
             else:
                 pp.image = face_pass.restyle_faces(self, p, script, pp.image, index)
         if self.args.likeness:
-            if self.people is not None:
-                self._score_people(p, pp.image, index)
-            else:
-                self._score(p, pp.image, index)
-
-    def _score(self, p: Any, image: Image.Image, index: int) -> None:
-        scorer = self.resources.likeness_scorer()
-        if self.likeness_reference is None:
-            assert self.conditioning is not None
-            args = self.args
-            identity_kps = None
-            if args.identity and self.pose is not None and self.pose.origin == "identity":
-                identity_kps = self.pose.kps
-            self.likeness_reference = scorer.reference(
-                self.conditioning.embedding,
-                [] if args.identity else args.images,
-                weights=list(args.image_weights) or None,
-                face_choice=args.face_choice,
-                face_index=args.face_index,
-                kps=identity_kps,
-            )
-        result = scorer.score(image, self.likeness_reference, label=f"output image {index + 1}")
-        self.scores.append((index, result))
-        # Written per image: the WebUI builds each image's infotext right after this hook.
-        p.extra_generation_params[LIKENESS_KEY] = format_infotext(result)
-        logger.info("Image %d: %s", index + 1, format_summary(result))
-        comment = getattr(p, "comment", None)
-        if callable(comment):
-            comment(f"InstantID image {index + 1}: {format_summary(result)}")
-
-    def _score_people(self, p: Any, image: Image.Image, index: int) -> None:
-        """Each person's likeness: the best of the output's faces inside that person's region."""
-        people = self.people
-        assert people is not None
-        scorer = self.resources.likeness_scorer()
-        if self.likeness_reference is None:
-            self.likeness_reference = [
-                scorer.reference(
-                    cond.embedding,
-                    [] if person.identity else person.images,
-                    weights=list(person.image_weights) or None,
-                    face_choice="largest" if person.face_index is None else "index",
-                    face_index=person.face_index or 0,
-                )
-                for person, cond in zip(self.args.people, people.conditionings, strict=True)
-            ]
-        parts = []
-        for number, (reference, mask) in enumerate(
-            zip(self.likeness_reference, people.passes["first"].masks, strict=True), start=1
-        ):
-            result = scorer.score(image, reference, label=f"output image {index + 1}")
-            inside = mask_at(mask, image.size)
-            scores = [
-                face.similarity
-                for face in result.faces
-                if inside[
-                    min(int((face.bbox[1] + face.bbox[3]) / 2), inside.shape[0] - 1),
-                    min(int((face.bbox[0] + face.bbox[2]) / 2), inside.shape[1] - 1),
-                ]
-            ]
-            parts.append(f"{number}: {max(scores):.2f}" if scores else f"{number}: no face")
-        text = "; ".join(parts) + f" ({scorer_name(scorer)})"
-        p.extra_generation_params[LIKENESS_KEY] = text
-        logger.info("Image %d likeness per person: %s", index + 1, text)
+            scoring.score_output(self, p, pp.image, index)
 
     # -- nested generations ----------------------------------------------------------------------
     def controlnet_script(self, p: Any) -> Any:
@@ -441,17 +375,6 @@ def _batch_seed(p: Any) -> int:
     """The seed of the batch's first image (the negative noise is drawn from it)."""
     seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
     return int(seeds[0])
-
-
-def mask_at(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A canvas mask as a boolean map at an image's ``size`` (outputs may be upscaled)."""
-    if (mask.shape[1], mask.shape[0]) != size:
-        mask = np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize(size, Image.NEAREST))
-    return mask > 0
-
-
-def scorer_name(scorer: Any) -> str:
-    return "buffalo_l" if getattr(scorer, "independent", None) is not None else "antelopev2"
 
 
 def _as_tensor(mask: np.ndarray | None) -> torch.Tensor | None:

@@ -348,3 +348,21 @@ def test_identitynet_file_shared_with_the_users_unit(host, unet, cn, with_identi
     assert fake_host.HOOK_ERRORS == []
     assert record["params"][0].control_model is cn.Script.model_cache["my_identitynet [0]"].model
     assert cn.Script.loads == [str(weights)]
+
+
+def test_each_output_gets_its_likeness_score_in_its_infotext(host, unet) -> None:
+    same = face_photo(size=(256, 256))  # the reference photo itself as the output: a copy-paste
+    p = job(
+        host, unet, enabled(likeness=True), width=256, height=256, base_image=same, batch_size=1, n_iter=2
+    )
+    result = fake_host.run_job(p)
+    assert fake_host.HOOK_ERRORS == []
+    assert [text["InstantID likeness"] for text in result.infotexts] == [
+        "1.00 (strong, antelopev2, copy-paste)"
+    ] * 2
+    assert any("Likeness 1.00 (strong)" in comment for comment in p.comments)
+    empty = Image.fromarray(fp.background(256, 256))
+    result = fake_host.run_job(
+        job(host, unet, enabled(likeness=True), width=256, height=256, base_image=empty)
+    )
+    assert result.infotexts[0]["InstantID likeness"] == "no face"
