@@ -424,6 +424,7 @@ def _resolve_pose(run: Run, p: Any, conditioning: FaceConditioning, resources: R
 def start(p: Any, args: InstantIDArgs, resources: Resources) -> Run:
     """Prepare a generation; raises InstantIDError (the job undone) on bad input."""
     started = time.perf_counter()
+    _forget_earlier_infotext(p)
     run = Run(p, args, resources)
     try:
         _prepare(run, p, resources)
@@ -437,6 +438,14 @@ def start(p: Any, args: InstantIDArgs, resources: Resources) -> Run:
         args.summary(),
     )
     return run
+
+
+def _forget_earlier_infotext(p: Any) -> None:
+    """Drop an earlier job's InstantID infotext (X/Y/Z plot cells share this dict), before this
+    job writes its own warnings and settings."""
+    params = p.extra_generation_params
+    for key in [k for k in params if str(k).startswith(INFOTEXT_PREFIX)]:
+        del params[key]
 
 
 def _prepare(run: Run, p: Any, resources: Resources) -> None:
@@ -457,10 +466,7 @@ def _prepare(run: Run, p: Any, resources: Resources) -> None:
             _prepare_identitynet(run, p, resources, weight=args.control_weight)
     _wrap_sampling(run, p)
     _close_with(run, p)
-    params = p.extra_generation_params
-    for key in [k for k in params if str(k).startswith(INFOTEXT_PREFIX)]:
-        del params[key]  # an earlier job's (X/Y/Z plot cells share this dict): never carried over
-    params.update(args.to_infotext(extra=_infotext_extra(run)))
+    p.extra_generation_params.update(args.to_infotext(extra=_infotext_extra(run)))
 
 
 def _prepare_identitynet(run: Run, p: Any, resources: Resources, weight: float) -> None:

@@ -215,7 +215,7 @@ CASES: dict[str, Case] = {
         "control_start, control_end, ip_adapter_model, identitynet_model, resize_mode, face_region_only, "
         "pose_face_choice, pose_face_index, show_hint, pose_preset, pose_mirror, pose_rotate, pose_scale, "
         "pose_offset_x, pose_offset_y, noise, likeness, face_pass, face_pass_faces, face_pass_index, "
-        "face_pass_strength, face_pass_prompt, face_pass_padding, face_pass_resolution.",
+        "face_pass_strength, face_pass_prompt, face_pass_padding, face_pass_resolution, people.",
     ),
     "out of range": (
         lambda bed: (on(control_weight=5), {}),
