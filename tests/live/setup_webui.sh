@@ -21,7 +21,9 @@
 # ASSETS_REPO, STABLE_DIFFUSION_REPO, STABLE_DIFFUSION_XL_REPO, K_DIFFUSION_REPO, BLIP_REPO and
 # CLIP_REPO replace single URLs (the WebUI's own variable names, CLIP_REPO apart).
 # Other settings: PYTHON (a Python 3.10/3.11, default python3.11 or python3), INSTANTID_LIVE_TORCH
-# (the pip arguments for torch and torchvision), INSTANTID_LIVE_SEED (model seed, default 1234).
+# (the pip arguments for torch and torchvision, e.g. adding
+# '--extra-index-url https://download.pytorch.org/whl/cpu' for CPU-only builds), INSTANTID_LIVE_SEED
+# (model seed, default 1234). Stop the server with Ctrl+C or by killing the run.sh process.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
