@@ -442,22 +442,65 @@ def write_models(webui: Path, seed: int) -> list[Path]:
     return done
 
 
-def write_face_packs(webui: Path) -> list[Path]:
-    """The generated antelopev2 pack where this extension and where ControlNet look for it."""
+# The three antelopev2 models InstantID does not use: (input side, output width) as insightface
+# routes them (192×192 → landmarks, 3309 = 3-D 68 points + pose; 212 = 2-D 106 points; 96×96 →
+# gender and age).
+OPTIONAL_FACE_MODELS = {"1k3d68.onnx": (192, 3309), "2d106det.onnx": (192, 212), "genderage.onnx": (96, 3)}
+
+
+def optional_face_model_bytes(name: str, seed: int = 0) -> bytes:
+    """A small ONNX model with the real input and output shapes (pooled colour → random linear map).
+
+    ControlNet downloads any of the five pack files that is missing and insightface runs every
+    model it finds, so its copy of the pack needs these too; their outputs are unused.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     from tests.fakes import antelopev2_pack
 
-    roots = [
-        webui / "models" / "insightface",
-        webui / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads" / "insightface",
-    ]
+    side, width = OPTIONAL_FACE_MODELS[name]
+    rng = np.random.default_rng(tensor_seed(seed, name))
+    weight = numpy_helper.from_array((rng.standard_normal((3, width)) * 0.1).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["fc1"]),
+        ],
+        name.removesuffix(".onnx"),
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, width])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", antelopev2_pack.OPSET)])
+    model.ir_version = antelopev2_pack.IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_face_packs(webui: Path) -> list[Path]:
+    """The generated antelopev2 pack where this extension and where ControlNet look for it.
+
+    This extension's copy holds the two models it needs (detector, recognizer); ControlNet's
+    holds all five file names, as ControlNet requires.
+    """
+    from tests.fakes import antelopev2_pack
+
+    ours = webui / "models" / "insightface"
+    controlnets = webui / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads" / "insightface"
     packs = []
-    for root in roots:
+    for root, extra in ((ours, ()), (controlnets, tuple(OPTIONAL_FACE_MODELS))):
         pack = antelopev2_pack.pack_dir(root)
         if all((pack / name).exists() for name in (antelopev2_pack.DETECTOR, antelopev2_pack.RECOGNIZER)):
             log.info("kept %s", pack)
         else:
             log.info("writing %s", pack)
             antelopev2_pack.write_pack(root)
+        for name in extra:
+            if not (pack / name).exists():
+                (pack / name).write_bytes(optional_face_model_bytes(name))
         packs.append(pack)
     return packs
 
