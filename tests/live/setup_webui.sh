@@ -181,7 +181,7 @@ say "5/5 run.sh and wait.sh in $TARGET"
 cat >"$TARGET/run.sh" <<EOF
 #!/usr/bin/env bash
 # Start the WebUI on the CPU, offline, with the API (PORT, default 7860). Extra arguments are
-# passed to the WebUI (e.g. --precision half or --lowram).
+# passed to the WebUI (e.g. --api-auth user:pass).
 set -euo pipefail
 cd "$WEBUI"
 export HF_HOME="$HF_HOME" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
