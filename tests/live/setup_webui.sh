@@ -11,7 +11,8 @@
 #  1. clones the WebUI, ControlNet and the repositories the WebUI pins (launch_utils.py) at fixed
 #     commits into TARGET/stable-diffusion-webui;
 #  2. makes TARGET/venv with the WebUI's pinned packages, ControlNet's, insightface and onnxruntime;
-#  3. links this checkout as extensions/sd-webui-instantid (INSTANTID_LIVE_EXT_MODE=copy copies it);
+#  3. links this checkout as extensions/sd-webui-instantid (INSTANTID_LIVE_EXT_MODE=copy copies it),
+#     and the live suite's helper extension tests/live/painter (if present) as instantid-live-painter;
 #  4. writes random-weight models with the real architectures (tests/live/webui_bed.py), a local
 #     Hugging Face cache for CLIP-L's tokenizer and the WebUI settings;
 #  5. writes TARGET/run.sh and TARGET/wait.sh.
@@ -153,25 +154,36 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 say "3/5 extensions"
-EXT=$WEBUI/extensions/sd-webui-instantid
-if [[ ${INSTANTID_LIVE_EXT_MODE:-link} == copy ]]; then
-    rm -rf "$EXT"
-    mkdir -p "$EXT"
-    git -C "$REPO" ls-files -z | (cd "$REPO" && xargs -0 cp --parents -t "$EXT")
-    echo "  copied $REPO -> $EXT"
-else
-    if [[ -e $EXT && ! -L $EXT ]]; then
-        rm -rf "$EXT"
+# install_ext SOURCE NAME: this checkout (or a folder of it) as extensions/NAME.
+install_ext() {
+    local src=$1 dest=$WEBUI/extensions/$2
+    if [[ ${INSTANTID_LIVE_EXT_MODE:-link} == copy ]]; then
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        git -C "$src" ls-files -z . | (cd "$src" && xargs -0 cp --parents -t "$dest")
+        echo "  copied $src -> $dest"
+    else
+        if [[ -e $dest && ! -L $dest ]]; then
+            rm -rf "$dest"
+        fi
+        ln -sfn "$src" "$dest"
+        echo "  linked $dest -> $src"
     fi
-    ln -sfn "$REPO" "$EXT"
-    echo "  linked $EXT -> $REPO"
+}
+install_ext "$REPO" sd-webui-instantid
+# A test-bed-only helper extension of the live suite, when this checkout has it. Its folder name
+# sorts before the others, so its scripts run first.
+if [[ -d $REPO/tests/live/painter ]]; then
+    install_ext "$REPO/tests/live/painter" instantid-live-painter
 fi
 
 # ---------------------------------------------------------------------------------------------
 say "4/5 models, tokenizer cache and settings"
 export HF_HOME=$TARGET/hf-home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-BED=(env "PYTHONPATH=$REPO:$TOOLS:$WEBUI/repositories/generative-models" "$PY" "$HERE/webui_bed.py")
+REPOS=$WEBUI/repositories
+BED=(env "PYTHONPATH=$REPO:$TOOLS:$REPOS/generative-models:$REPOS/stable-diffusion-stability-ai"
+    "$PY" "$HERE/webui_bed.py")
 "${BED[@]}" hf-cache "$HF_HOME"
 "${BED[@]}" models "$WEBUI" --seed "$SEED"
 "${BED[@]}" webui-config "$WEBUI"

@@ -1,7 +1,8 @@
 """Offline pieces of a real WebUI for the live suite: tokenizer cache, settings, random models.
 
 ``setup_webui.sh`` runs this with the WebUI's own Python (``PYTHONPATH`` = this repository,
-the WebUI's ``repositories/generative-models`` and a folder holding diffusers). Subcommands:
+a folder holding diffusers and the WebUI's ``repositories/generative-models`` and
+``repositories/stable-diffusion-stability-ai``). Subcommands:
 
 ``hf-cache HF_HOME``
     CLIP-L's tokenizer and config in the Hugging Face cache layout. The WebUI builds its SDXL
@@ -16,7 +17,8 @@ the WebUI's ``repositories/generative-models`` and a folder holding diffusers). 
     built from sgm's ``sd_xl_base.yaml`` (fp16 safetensors), InstantID's ``ip-adapter.bin``
     (full-size Resampler + 70 ``to_k_ip``/``to_v_ip``), IdentityNet (diffusers ControlNetModel
     with the published config), an ordinary SDXL ControlNet, ControlNet's own InstantID file
-    names (hard links) and the generated antelopev2 pack in both places insightface looks.
+    names (hard links), the generated antelopev2 pack in both places insightface looks, and an
+    SDXL refiner and an SD 1.5 checkpoint (which InstantID refuses) for the checkpoint tests.
     Large files are written tensor by tensor, so memory stays near the largest tensor.
     Files that exist are kept.
 
@@ -305,32 +307,57 @@ def no_downloads() -> Iterator[None]:
         transformers.CLIPTextModel.from_pretrained = from_pretrained
 
 
-def sdxl_config(webui: Path):
+# The checkpoints the WebUI's model detection tells apart (sd_models_config.py), each from the
+# config the WebUI builds it with: (config path below the WebUI, parts as (checkpoint key prefix,
+# config entry), modelspec architecture).
+SGM_PARTS = (
+    ("model.diffusion_model.", "network_config"),
+    ("conditioner.", "conditioner_config"),
+    ("first_stage_model.", "first_stage_config"),
+)
+CHECKPOINTS = {
+    "sdxl-base": (
+        "repositories/generative-models/configs/inference/sd_xl_base.yaml",
+        SGM_PARTS,
+        "stable-diffusion-xl-v1-base",
+    ),
+    "sdxl-refiner": (
+        "repositories/generative-models/configs/inference/sd_xl_refiner.yaml",
+        SGM_PARTS,
+        "stable-diffusion-xl-v1-refiner",
+    ),
+    "sd15": (
+        "configs/v1-inference.yaml",
+        (
+            ("model.diffusion_model.", "unet_config"),
+            ("cond_stage_model.", "cond_stage_config"),
+            ("first_stage_model.", "first_stage_config"),
+        ),
+        "stable-diffusion-v1",
+    ),
+}
+
+
+def model_config(webui: Path, kind: str = "sdxl-base"):
     from omegaconf import OmegaConf
 
-    return OmegaConf.load(
-        webui / "repositories" / "generative-models" / "configs" / "inference" / "sd_xl_base.yaml"
-    )
+    return OmegaConf.load(webui / CHECKPOINTS[kind][0])
 
 
-def sdxl_meta_state(webui: Path) -> dict:
-    """The SDXL ``DiffusionEngine`` state dict (meta tensors), keys as in the released checkpoint.
+def checkpoint_meta_state(webui: Path, kind: str = "sdxl-base") -> dict:
+    """A checkpoint's state dict (meta tensors), keys as in the released file.
 
-    The engine's three parts are built on their own (its denoiser computes a schedule with numpy,
-    which meta tensors cannot), under the names ``DiffusionEngine`` gives them.
+    The model's parts are built on their own (the diffusion wrappers compute noise schedules
+    with numpy, which meta tensors cannot), under the names the whole model gives them.
     """
     import torch
     from sgm.util import instantiate_from_config
 
-    params = sdxl_config(webui).model.params
+    params = model_config(webui, kind).model.params
     state = {}
-    for prefix, part in (
-        ("model.diffusion_model.", params.network_config),
-        ("conditioner.", params.conditioner_config),
-        ("first_stage_model.", params.first_stage_config),
-    ):
+    for prefix, entry in CHECKPOINTS[kind][1]:
         with no_downloads(), torch.device("meta"):
-            module = instantiate_from_config(part)
+            module = instantiate_from_config(params[entry])
         state.update({prefix + k: v for k, v in module.state_dict().items()})
         del module
     return state
@@ -341,24 +368,20 @@ def sdxl_meta_unet(webui: Path):
     from sgm.util import instantiate_from_config
 
     with torch.device("meta"):
-        return instantiate_from_config(sdxl_config(webui).model.params.network_config)
+        return instantiate_from_config(model_config(webui).model.params.network_config)
 
 
-def write_sdxl_checkpoint(webui: Path, path: Path, seed: int) -> Path:
+def write_checkpoint(webui: Path, path: Path, seed: int, kind: str = "sdxl-base") -> Path:
     import torch
 
-    state = sdxl_meta_state(webui)
-    specs = meta_specs(state)
+    specs = meta_specs(checkpoint_meta_state(webui, kind))
 
     def make(name: str):
         if name.endswith("embeddings.position_ids"):
             return torch.arange(specs[name][0][-1]).reshape(specs[name][0])
         return random_value(name, specs[name][0], seed)
 
-    metadata = {
-        "modelspec.architecture": "stable-diffusion-xl-v1-base",
-        "note": f"random weights, seed {seed}",
-    }
+    metadata = {"modelspec.architecture": CHECKPOINTS[kind][2], "note": f"random weights, seed {seed}"}
     return write_streamed_safetensors(path, specs, make, metadata)
 
 
@@ -419,7 +442,7 @@ def write_models(webui: Path, seed: int) -> list[Path]:
     identitynet = instantid / "ControlNetModel" / "diffusion_pytorch_model.safetensors"
     cn_models = models / "ControlNet"
     steps: list[tuple[Path, Callable[[Path], object]]] = [
-        (models / "Stable-diffusion" / CHECKPOINT_NAME, lambda p: write_sdxl_checkpoint(webui, p, seed)),
+        (models / "Stable-diffusion" / CHECKPOINT_NAME, lambda p: write_checkpoint(webui, p, seed)),
         (instantid / "ip-adapter.bin", lambda p: write_ip_adapter(webui, p, seed + 10)),
         (identitynet, lambda p: write_controlnet(p, seed + 20)),
         (identitynet.with_name("config.json"), lambda p: shutil.copyfile(IDENTITYNET_CONFIG, p)),
@@ -429,6 +452,15 @@ def write_models(webui: Path, seed: int) -> list[Path]:
             lambda p: link_or_copy(instantid / "ip-adapter.bin", p),
         ),
         (cn_models / "control_instant_id_sdxl.safetensors", lambda p: link_or_copy(identitynet, p)),
+        # Checkpoints the extension must refuse, for the checkpoint-switching tests.
+        (
+            models / "Stable-diffusion" / "sdxl-refiner-random.safetensors",
+            lambda p: write_checkpoint(webui, p, seed + 40, "sdxl-refiner"),
+        ),
+        (
+            models / "Stable-diffusion" / "sd15-random.safetensors",
+            lambda p: write_checkpoint(webui, p, seed + 50, "sd15"),
+        ),
     ]
     done = []
     for path, build in steps:
