@@ -199,6 +199,11 @@ cd "$WEBUI"
 export HF_HOME="$HF_HOME" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 DISABLE_TELEMETRY=1
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST= CUDA_VISIBLE_DEVICES=
+# glibc serves large tensors from its heap once its mmap threshold has grown, and keeps what is
+# freed: after a checkpoint switch the process then holds several GB it does not use. A fixed
+# threshold keeps large blocks in mmap, returned on free (the WebUI's webui.sh preloads tcmalloc
+# for the same reason).
+export MALLOC_MMAP_THRESHOLD_=\${MALLOC_MMAP_THRESHOLD_:-131072}
 exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test \\
     --skip-version-check --use-cpu all --no-half --no-half-vae --precision full \\
     --api --port "\${PORT:-7860}" --server-name 127.0.0.1 --no-download-sd-model \\
