@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Build a real AUTOMATIC1111 WebUI 1.10.1 + sd-webui-controlnet 1.1.455 with this extension, running
+# on the CPU without network access at run time, for tests/webui/test_live.py.
+#
+#   tests/live/setup_webui.sh [TARGET]          # default TARGET: /tmp/instantid-webui
+#   TARGET/run.sh                               # start the server (port 7860; PORT=... to change)
+#   TARGET/wait.sh                              # wait until /instantid/v1/version answers
+#   SD_WEBUI_URL=http://127.0.0.1:7860 python -m pytest -q tests/webui/test_live.py
+#
+# Every step is skipped when its result exists, so re-running is cheap. What it does:
+#  1. clones the WebUI, ControlNet and the repositories the WebUI pins (launch_utils.py) at fixed
+#     commits into TARGET/stable-diffusion-webui;
+#  2. makes TARGET/venv with the WebUI's pinned packages, ControlNet's, insightface and onnxruntime;
+#  3. links this checkout as extensions/sd-webui-instantid (INSTANTID_LIVE_EXT_MODE=copy copies it),
+#     and the live suite's helper extension tests/live/painter (if present) as instantid-live-painter;
+#  4. writes random-weight models with the real architectures (tests/live/webui_bed.py), a local
+#     Hugging Face cache for CLIP-L's tokenizer and the WebUI settings;
+#  5. writes TARGET/run.sh and TARGET/wait.sh.
+#
+# Sources: GitHub by default. INSTANTID_LIVE_GIT_URL is a template for every repository's URL, with
+# {owner} and {name} replaced (e.g. '/srv/mirrors/{owner}+{name}.git'); WEBUI_REPO, CONTROLNET_REPO,
+# ASSETS_REPO, STABLE_DIFFUSION_REPO, STABLE_DIFFUSION_XL_REPO, K_DIFFUSION_REPO, BLIP_REPO and
+# CLIP_REPO replace single URLs (the WebUI's own variable names, CLIP_REPO apart).
+# Other settings: PYTHON (a Python 3.10/3.11, default python3.11 or python3), INSTANTID_LIVE_TORCH
+# (the pip arguments for torch and torchvision, e.g. adding
+# '--extra-index-url https://download.pytorch.org/whl/cpu' for CPU-only builds), INSTANTID_LIVE_SEED
+# (model seed, default 1234). Stop the server with Ctrl+C or by killing the run.sh process.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TARGET=${1:-${INSTANTID_LIVE_DIR:-/tmp/instantid-webui}}
+mkdir -p "$TARGET"
+TARGET=$(cd "$TARGET" && pwd)
+WEBUI=$TARGET/stable-diffusion-webui
+VENV=$TARGET/venv
+SEED=${INSTANTID_LIVE_SEED:-1234}
+GITHUB_TEMPLATE='https://github.com/{owner}/{name}.git'
+URL_TEMPLATE=${INSTANTID_LIVE_GIT_URL:-$GITHUB_TEMPLATE}
+# torch and torchvision must come as a pair built for each other; pip picks builds that work
+# with numpy 1.26 and setuptools 69.5 (the WebUI's pins) from these.
+TORCH_SPEC=${INSTANTID_LIVE_TORCH:-torch==2.12.1 torchvision==0.27.1}
+DIFFUSERS_SPEC=${INSTANTID_LIVE_DIFFUSERS:-diffusers==0.31.0}
+if [[ -z ${PYTHON:-} ]]; then
+    PYTHON=$(command -v python3.11 || command -v python3.10 || command -v python3)
+fi
+
+say() { printf '\n[setup_webui] %s\n' "$*"; }
+
+url_for() {  # url_for OWNER/NAME [OVERRIDE]
+    if [[ -n ${2:-} ]]; then
+        printf '%s' "$2"
+        return
+    fi
+    local owner=${1%%/*} name=${1#*/} url=$URL_TEMPLATE
+    url=${url//\{owner\}/$owner}
+    url=${url//\{name\}/$name}
+    printf '%s' "$url"
+}
+
+checkout() {  # checkout URL COMMIT DEST [TAG]
+    local url=$1 commit=$2 dest=$3 tag=${4:-}
+    if [[ -d $dest/.git ]] && [[ $(git -C "$dest" rev-parse HEAD 2>/dev/null) == "$commit" ]]; then
+        echo "  kept $dest at ${commit:0:8}"
+    else
+        rm -rf "$dest"
+        mkdir -p "$(dirname "$dest")"
+        echo "  $url @ ${commit:0:8} -> $dest"
+        # A shallow fetch of one commit is quick on GitHub; some servers refuse it: then clone all.
+        if ! { git init -q "$dest" && git -C "$dest" fetch -q --depth 1 "$url" "$commit" 2>/dev/null &&
+            git -C "$dest" checkout -q FETCH_HEAD; }; then
+            rm -rf "$dest"
+            git clone -q --no-checkout "$url" "$dest"
+            # Mirrors without some large binary assets (pictures) still check out the code.
+            git -C "$dest" checkout -q "$commit" || true
+        fi
+        if [[ $(git -C "$dest" rev-parse HEAD) != "$commit" ]]; then
+            echo "could not check out $commit from $url" >&2
+            exit 1
+        fi
+    fi
+    # The WebUI reads each extension's remote and branch, and its own version from the tag.
+    git -C "$dest" remote get-url origin >/dev/null 2>&1 || git -C "$dest" remote add origin "$url"
+    git -C "$dest" symbolic-ref -q HEAD >/dev/null || git -C "$dest" checkout -q -B pinned
+    if [[ -n $tag ]]; then
+        git -C "$dest" tag -f "$tag" "$commit" >/dev/null
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+say "1/5 sources in $WEBUI"
+checkout "$(url_for AUTOMATIC1111/stable-diffusion-webui "${WEBUI_REPO:-}")" \
+    82a973c04367123ae98bd9abdf80d9eda9b910e2 "$WEBUI" v1.10.1
+# The commits the WebUI 1.10.1 pins in modules/launch_utils.py (prepare_environment).
+checkout "$(url_for AUTOMATIC1111/stable-diffusion-webui-assets "${ASSETS_REPO:-}")" \
+    6f7db241d2f8ba7457bac5ca9753331f0c266917 "$WEBUI/repositories/stable-diffusion-webui-assets"
+checkout "$(url_for Stability-AI/stablediffusion "${STABLE_DIFFUSION_REPO:-}")" \
+    cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf "$WEBUI/repositories/stable-diffusion-stability-ai"
+checkout "$(url_for Stability-AI/generative-models "${STABLE_DIFFUSION_XL_REPO:-}")" \
+    45c443b316737a4ab6e40413d7794a7f5657c19f "$WEBUI/repositories/generative-models"
+checkout "$(url_for crowsonkb/k-diffusion "${K_DIFFUSION_REPO:-}")" \
+    ab527a9a6d347f364e3d185ba6d714e22d80cb3c "$WEBUI/repositories/k-diffusion"
+checkout "$(url_for salesforce/BLIP "${BLIP_REPO:-}")" \
+    48211a1594f1321b00f14c9f7a5b4813144b2fb9 "$WEBUI/repositories/BLIP"
+checkout "$(url_for Mikubill/sd-webui-controlnet "${CONTROLNET_REPO:-}")" \
+    56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81 "$WEBUI/extensions/sd-webui-controlnet" 1.1.455
+# The WebUI pip-installs OpenAI's CLIP (k-diffusion imports it) from a GitHub archive of this commit.
+checkout "$(url_for openai/CLIP "${CLIP_REPO:-}")" \
+    d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$TARGET/src/CLIP"
+
+# ---------------------------------------------------------------------------------------------
+say "2/5 Python environment in $VENV"
+if [[ ! -x $VENV/bin/python ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY=$VENV/bin/python
+if [[ ! -f $VENV/.instantid-live-ready ]]; then
+    REQ=$TARGET/requirements-live.txt
+    {
+        echo "# The WebUI's requirements_versions.txt (torch apart), then what ControlNet and InstantID need."
+        # protobuf: the WebUI pins 3.20.0, but onnx (insightface) needs >= 3.20.2; open-clip needs < 4.
+        grep -v -E '^torch$' "$WEBUI/requirements_versions.txt" | sed 's/^protobuf==3\.20\.0/protobuf==3.20.3/'
+        # sd-webui-controlnet's requirements.txt as its install.py resolves it, less mediapipe
+        # (only its mediapipe_face preprocessor imports it).
+        echo "fvcore"
+        echo "svglib==1.5.1"  # newer svglib builds pycairo from source
+        echo "addict"
+        echo "yapf"
+        echo "albumentations==1.4.3"
+        echo "matplotlib"
+        echo "timm==0.9.5"
+        echo "pydantic==1.10.17"
+        echo "controlnet_aux==0.0.10"  # 0.0.9 wants timm<=0.6.7
+        echo "opencv-python-headless"
+        # InstantID (requirements.txt of this repository) and its face pack's format.
+        echo "insightface"
+        echo "onnxruntime"
+        echo "onnx"
+        echo "wheel"  # builds OpenAI CLIP below without fetching build tools
+    } >"$REQ"
+    # shellcheck disable=SC2086  # TORCH_SPEC is a list of pip arguments
+    "$PY" -m pip install -q $TORCH_SPEC -r "$REQ"
+    "$PY" -m pip install -q --no-deps --no-build-isolation "$TARGET/src/CLIP"
+    "$PY" -m pip check
+    touch "$VENV/.instantid-live-ready"
+else
+    echo "  kept $VENV"
+fi
+# diffusers only writes the ControlNet files; it goes to a side folder, not into the WebUI's venv.
+TOOLS=$TARGET/tools-site
+if [[ ! -d $TOOLS/diffusers ]]; then
+    "$PY" -m pip install -q --no-deps --target "$TOOLS" "$DIFFUSERS_SPEC" importlib_metadata zipp
+fi
+
+# ---------------------------------------------------------------------------------------------
+say "3/5 extensions"
+# install_ext SOURCE NAME: this checkout (or a folder of it) as extensions/NAME.
+install_ext() {
+    local src=$1 dest=$WEBUI/extensions/$2
+    if [[ ${INSTANTID_LIVE_EXT_MODE:-link} == copy ]]; then
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        git -C "$src" ls-files -z . | (cd "$src" && xargs -0 cp --parents -t "$dest")
+        echo "  copied $src -> $dest"
+    else
+        if [[ -e $dest && ! -L $dest ]]; then
+            rm -rf "$dest"
+        fi
+        ln -sfn "$src" "$dest"
+        echo "  linked $dest -> $src"
+    fi
+}
+install_ext "$REPO" sd-webui-instantid
+# A test-bed-only helper extension of the live suite, when this checkout has it. Its folder name
+# sorts before the others, so its scripts run first.
+if [[ -d $REPO/tests/live/painter ]]; then
+    install_ext "$REPO/tests/live/painter" instantid-live-painter
+fi
+
+# ---------------------------------------------------------------------------------------------
+say "4/5 models, tokenizer cache and settings"
+export HF_HOME=$TARGET/hf-home
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+REPOS=$WEBUI/repositories
+BED=(env "PYTHONPATH=$REPO:$TOOLS:$REPOS/generative-models:$REPOS/stable-diffusion-stability-ai"
+    "$PY" "$HERE/webui_bed.py")
+"${BED[@]}" hf-cache "$HF_HOME"
+"${BED[@]}" models "$WEBUI" --seed "$SEED"
+"${BED[@]}" webui-config "$WEBUI"
+
+# ---------------------------------------------------------------------------------------------
+say "5/5 run.sh and wait.sh in $TARGET"
+cat >"$TARGET/run.sh" <<EOF
+#!/usr/bin/env bash
+# Start the WebUI on the CPU, offline, with the API (PORT, default 7860). Extra arguments are
+# passed to the WebUI (e.g. --api-auth user:pass).
+set -euo pipefail
+cd "$WEBUI"
+export HF_HOME="$HF_HOME" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 DISABLE_TELEMETRY=1
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST= CUDA_VISIBLE_DEVICES=
+# glibc serves large tensors from its heap once its mmap threshold has grown, and keeps what is
+# freed: after a checkpoint switch the process then holds several GB it does not use. A fixed
+# threshold keeps large blocks in mmap, returned on free (the WebUI's webui.sh preloads tcmalloc
+# for the same reason).
+export MALLOC_MMAP_THRESHOLD_=\${MALLOC_MMAP_THRESHOLD_:-131072}
+exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test \\
+    --skip-version-check --use-cpu all --no-half --no-half-vae --precision full \\
+    --api --port "\${PORT:-7860}" --server-name 127.0.0.1 --no-download-sd-model \\
+    --do-not-download-clip "\$@"
+EOF
+cat >"$TARGET/wait.sh" <<'EOF'
+#!/usr/bin/env bash
+# Wait until the WebUI answers /instantid/v1/version (TIMEOUT seconds, default 900).
+url=${SD_WEBUI_URL:-http://127.0.0.1:${PORT:-7860}}
+deadline=$((SECONDS + ${TIMEOUT:-900}))
+until curl -sf "$url/instantid/v1/version" >/dev/null; do
+    if ((SECONDS > deadline)); then
+        echo "no answer from $url/instantid/v1/version" >&2
+        exit 1
+    fi
+    sleep 5
+done
+curl -s "$url/instantid/v1/version"
+echo
+EOF
+chmod +x "$TARGET/run.sh" "$TARGET/wait.sh"
+say "ready. Start: $TARGET/run.sh   wait: $TARGET/wait.sh   (du: $(du -sh "$TARGET" | cut -f1))"
