@@ -409,6 +409,29 @@ def write_ip_adapter(webui: Path, path: Path, seed: int) -> Path:
     return path
 
 
+def write_sd15_ip_adapter(path: Path, seed: int) -> Path:
+    """An SD1.5 IP-Adapter (768-d tokens) in InstantID's folder: the file InstantID must reject,
+    saying what it is (users save one there by mistake)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    proj = {
+        "proj.weight": torch.randn(4 * 768, 1024, generator=generator).half() * 0.02,
+        "proj.bias": torch.zeros(4 * 768).half(),
+        "norm.weight": torch.ones(768).half(),
+        "norm.bias": torch.zeros(768).half(),
+    }
+    width = [320] * 2 + [640] * 2 + [1280] * 2 + [1280] + [1280] * 3 + [640] * 3 + [320] * 3
+    layers = {
+        f"{2 * n + 1}.{k}.weight": (torch.randn(w, 768, generator=generator) * 0.02).half()
+        for n, w in enumerate(width)
+        for k in ("to_k_ip", "to_v_ip")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"image_proj": proj, "ip_adapter": layers}, path, _use_new_zipfile_serialization=False)
+    return path
+
+
 def controlnet_meta_state() -> dict:
     import torch
     from diffusers import ControlNetModel
@@ -446,6 +469,7 @@ def write_models(webui: Path, seed: int) -> list[Path]:
         (instantid / "ip-adapter.bin", lambda p: write_ip_adapter(webui, p, seed + 10)),
         (identitynet, lambda p: write_controlnet(p, seed + 20)),
         (identitynet.with_name("config.json"), lambda p: shutil.copyfile(IDENTITYNET_CONFIG, p)),
+        (instantid / "ip-adapter_sd15.bin", lambda p: write_sd15_ip_adapter(p, seed + 60)),
         (cn_models / "controlnet-sdxl-canny-random.safetensors", lambda p: write_controlnet(p, seed + 30)),
         (
             cn_models / "ip-adapter_instant_id_sdxl.bin",

@@ -386,3 +386,135 @@ def test_a_job_after_a_refiner_job_runs(face_b64: str) -> None:
     code, result = txt2img({"enabled": True, "images": [face_b64]})
     assert code == 200, result
     assert "InstantID: on" in json.loads(result["info"])["infotexts"][0]
+
+
+# -- several people (issue: multi-identity) -----------------------------------------------------------
+def face_photo_b64(ident: int) -> str:
+    photo, _ = photo_with_face(512, (256, 240), 200, ident=ident)
+    return png_b64(photo)
+
+
+def test_two_people_each_in_their_half() -> None:
+    """Two identities, left and right: both faces' keypoints are in the hint, one per half."""
+    from instantid_ext.keypoints import DEFAULT_COLORS
+
+    people = [
+        {"images": [face_photo_b64(3)], "region": "left", "id_weight": 0.8},
+        {"images": [face_photo_b64(7)], "region": "right", "id_weight": 0.7, "control_weight": 0.6},
+    ]
+    code, plain = txt2img(width=SIZE * 2, height=SIZE)
+    assert code == 200, plain
+    args = {"enabled": True, "people": people, "show_hint": True}
+    code, result = txt2img(args, width=SIZE * 2, height=SIZE)
+    assert code == 200, result
+    infotext = json.loads(result["info"])["infotexts"][0]
+    assert "InstantID people: " in infotext and "InstantID: on" in infotext
+    assert result["images"][0] != plain["images"][0]
+    hint = decode(result["images"][-1])
+    assert hint.shape[:2] == (SIZE, SIZE * 2)
+    noses = np.argwhere(np.all(hint == np.array(DEFAULT_COLORS[2], np.uint8), axis=-1))[:, 1]
+    assert (noses < SIZE).any() and (noses >= SIZE).any()  # a face in each half
+    code, after = txt2img(width=SIZE * 2, height=SIZE)
+    assert code == 200 and after["images"][0] == plain["images"][0]
+
+
+# -- bad input: one sentence each, and the host unchanged (issue: setup and diagnostics) -------------
+def strings(value: Any) -> list[str]:
+    """Every string in a JSON answer (the WebUI puts the message in ``detail``)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+def blank_b64(size: int = 200) -> str:
+    return png_b64(Image.fromarray(np.full((size, size, 3), 90, np.uint8)))
+
+
+LIVE_BAD_INPUT: dict[str, tuple[Any, dict, str]] = {
+    "no face": (
+        {"enabled": True, "images": [blank_b64()]},
+        {},
+        "No face was found in the reference image. Use a photo in which the face is clearly visible",
+    ),
+    "tiny image": (
+        {"enabled": True, "images": [blank_b64(8)]},
+        {},
+        "The reference image is only 8×8 pixels: use a photo in which the face itself is at least about "
+        "64 pixels wide.",
+    ),
+    "corrupt image": (
+        {"enabled": True, "images": [base64.b64encode(b"\x89PNG\r\n\x1a\n not really").decode()]},
+        {},
+        "InstantID argument 'images[0]': The base64 data is not an image Pillow can read (19 bytes; "
+        "UnidentifiedImageError): send a PNG, JPEG or WebP.",
+    ),
+    "malformed JSON": (
+        '{"enabled": true, "images": [',
+        {},
+        "InstantID arguments are not valid JSON: Expecting value at character 29",
+    ),
+    "mistyped argument": ({"enabled": True, "id_wieght": 0.5}, {}, "Unknown InstantID argument 'id_wieght'."),
+    "out of range": (
+        {"enabled": True, "control_weight": 5},
+        {},
+        "InstantID argument 'control_weight': must be between 0 and 2 (got 5).",
+    ),
+    "overlapping people": (
+        {
+            "enabled": True,
+            "people": [
+                {"images": ["FACE"], "region": "box", "box": [0.0, 0.0, 0.6, 1.0]},
+                {"images": ["FACE"], "region": "box", "box": [0.4, 0.0, 1.0, 1.0]},
+            ],
+        },
+        {},
+        "overlap by",
+    ),
+}
+
+
+def with_face(args: Any, face: str) -> Any:
+    if isinstance(args, dict):
+        return {key: with_face(value, face) for key, value in args.items()}
+    if isinstance(args, list):
+        return [with_face(value, face) for value in args]
+    return face if args == "FACE" else args
+
+
+def test_bad_input_gets_its_sentence_and_leaves_the_host_unchanged(face_b64: str) -> None:
+    code, before = txt2img()
+    assert code == 200, before
+    for case, (args, overrides, sentence) in LIVE_BAD_INPUT.items():
+        code, result = txt2img(with_face(args, face_b64), **overrides)
+        assert code == 422, (case, result)
+        assert any(sentence in text for text in strings(result)), (case, result)
+    code, after = txt2img()
+    assert code == 200 and after["images"][0] == before["images"][0]
+
+
+def test_an_sd15_checkpoint_is_refused_in_one_sentence(face_b64: str) -> None:
+    sd15 = [m for m in checkpoints() if "sd15" in m["title"].lower()]
+    if not sd15:
+        pytest.skip("the bed has no SD1.5 checkpoint")
+    code, result = txt2img(
+        {"enabled": True, "images": [face_b64]}, override_settings={"sd_model_checkpoint": sd15[0]["title"]}
+    )
+    assert code == 422, result
+    sentence = "InstantID works only with SDXL models, but "
+    assert any(text.startswith(sentence) for text in strings(result)), result
+
+
+def test_status_names_each_rejected_file_with_its_reason() -> None:
+    """The bed puts an SD1.5 IP-Adapter next to InstantID's: listed as rejected, saying what it is,
+    while InstantID's own adapter is still found."""
+    code, status = call("GET", "/instantid/v1/status")
+    assert code == 200, status
+    rejected = {item["name"]: item["reason"] for item in status["rejected"]}
+    assert "ip-adapter_sd15.bin" in rejected, status
+    reason = "is an SD1.5 IP-Adapter (768-d tokens), not InstantID's SDXL adapter"
+    assert reason in rejected["ip-adapter_sd15.bin"]
+    assert "ip-adapter.bin" in [item["name"] for item in status["adapters"]]
