@@ -215,6 +215,8 @@ class InjectedUnit:
     guidance_end: float
     param: Any = None
     """ControlNet's ``ControlParams`` for our unit, once :meth:`ControlNetBridge.apply_face_context` ran."""
+    hr_hint: Any = None
+    """The hires pass's hint tensor, swapped in by :meth:`ControlNetBridge.enter_hires`."""
     _infotext_after: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -593,11 +595,27 @@ class ControlNetBridge:
                 param.hint_cond = _hint_tensor(hint, like=param.hint_cond)
                 param.used_hint_cond = None
             if hr_hint is not None and getattr(param, "hr_hint_cond", None) is not None:
-                param.hr_hint_cond = _hint_tensor(hr_hint, like=param.hr_hint_cond)
+                # ControlNet tells the passes apart by comparing the latent's height with its two
+                # hints' heights, which fails when hires fix changes only the width (it then feeds
+                # the hires hint to the first pass). Keep one hint per pass instead: the hires one
+                # is swapped in by enter_hires.
+                unit.hr_hint = _hint_tensor(hr_hint, like=param.hr_hint_cond)
+                param.hr_hint_cond = None
             if region_mask is not None and hasattr(param, "effective_region_mask"):
                 param.effective_region_mask = _mask_tensor(region_mask)
             unit.param = param
             _drop_infotext(p, unit, index)
+
+    @staticmethod
+    def enter_hires(unit: InjectedUnit) -> None:
+        """``before_hr``: give our unit the hires hint (see :meth:`apply_face_context`)."""
+        param = unit.param
+        if param is None or unit.hr_hint is None:
+            return
+        param.hint_cond = unit.hr_hint
+        for name in ("used_hint_cond", "used_hint_cond_latent", "used_hint_inpaint_hijack"):
+            if hasattr(param, name):
+                setattr(param, name, None)  # ControlNet re-reads the hint on its next call
 
     @staticmethod
     def set_region_mask(unit: InjectedUnit, region_mask: Any) -> None:

@@ -225,6 +225,8 @@ class Run(Job):
         self.pass_name = "hires"
         if self.bridge is not None:
             self.bridge.mark_hires_conds(p)
+            if self.unit is not None:
+                self.bridge.enter_hires(self.unit)
         if self.people is not None:
             self._people_hires()
             return

@@ -465,6 +465,8 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
             self.control_params = None
             self.process = None
             self.cond_mark = None
+            self.hint_sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
+            """Per IdentityNet call: (the canvas of the latent, x8; the hint's size), to check passes."""
 
         def guidance_schedule_handler(self, x) -> None:
             for param in self.control_params or []:
@@ -488,11 +490,33 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
 
             process.sample_before_CN_hack = process.sample
             process.sample = process_sample
+            unet = getattr(model, "diffusion_model", model)
+            if isinstance(unet, torch.nn.Module):
+                # As ControlNet's forward_webui: its units run (here: their residuals are only
+                # recorded) on every UNet call, before the UNet itself. ControlNet has one script
+                # per tab, which restores its previous network at the next process(); the tests
+                # make a script per job, so a network left hooked by an earlier test goes here.
+                _unhook_unet(unet)
+                original = unet.forward
+
+                def forward_webui(*args, **kwargs):
+                    x = args[0] if args else kwargs["x"]
+                    self.forward(x, kwargs.get("timesteps"), kwargs.get("context"), kwargs.get("y"))
+                    return original(*args, **kwargs)
+
+                unet._original_forward = original
+                unet._original_forward_own = vars(unet).get("forward")
+                unet.forward = forward_webui
+                self._unet = unet
 
         def restore(self) -> None:
             if self.process is not None and hasattr(self.process, "sample_before_CN_hack"):
                 self.process.sample = self.process.sample_before_CN_hack
                 del self.process.sample_before_CN_hack
+            unet = getattr(self, "_unet", None)
+            if unet is not None:
+                _unhook_unet(unet)
+            self._unet = None
 
         def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
             """The context selection of ControlNet's hijacked UNet forward."""
@@ -516,6 +540,7 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
                 ):
                     continue
                 hint = param.used_hint_cond
+                self.hint_sizes.append(((x.shape[-2] * 8, x.shape[-1] * 8), tuple(hint.shape[-2:])))
                 if param.control_model_type == ControlModelType.InstantID:
                     assert isinstance(param.control_context_override, image_embed)
                     controlnet_context = param.control_context_override.eval(cond_mark).to(
@@ -542,6 +567,17 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
         ControlParams=ControlParams,
         UnetHook=UnetHook,
     )
+
+
+def _unhook_unet(unet: torch.nn.Module) -> None:
+    """Undo the fake ControlNet's ``forward`` replacement (the class's own forward again)."""
+    if "_original_forward" in vars(unet):
+        own = vars(unet).pop("_original_forward_own")
+        del unet._original_forward
+        if own is None:
+            del unet.forward
+        else:
+            unet.forward = own
 
 
 def _unit_class_455(enums: types.ModuleType, preprocessor: type) -> type:
@@ -990,7 +1026,9 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                     )
                     param.control_context_override = ip_param.control_model.image_emb
             self.latest_network = hook.UnetHook()
-            self.latest_network.hook(model=None, sd_ldm=None, control_params=forward_params, process=p)
+            sd_model = getattr(p, "sd_model", None)
+            unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+            self.latest_network.hook(model=unet, sd_ldm=sd_model, control_params=forward_params, process=p)
 
         def postprocess(self, p, processed, *args) -> None:
             self.enabled_units.clear()

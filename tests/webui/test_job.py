@@ -100,6 +100,8 @@ def sample_spy(p, record: dict) -> None:
         if network is not None:
             ours = [q for q in network.control_params if q.control_model_type.name == "InstantID"]
             record["params"] = ours
+            record["network"] = network
+            record["first_hints"] = [q.hint_cond for q in ours]
         record["hooked"] = True
         return inner(*args, **kwargs)
 
@@ -281,13 +283,18 @@ def test_hires_with_another_aspect_ratio_crops_the_hint_like_the_webui(
     fake_host.run_job(p)
     assert fake_host.HOOK_ERRORS == []
     (param,) = record["params"]
-    first = circle_centres(hint_array(param.hint_cond))
-    hires = hint_array(param.hr_hint_cond)
+    first = circle_centres(hint_array(record["first_hints"][0]))
+    hires = hint_array(param.hint_cond)  # swapped in before the hires pass
     assert hires.shape == (512, 768, 3)
     # The WebUI upscales 512² to 768² and crops 32 latent rows (256 px) off, 128 px at the top.
     assert (p.hr_upscale_to_x, p.hr_upscale_to_y, p.truncate_y) == (768, 768, 32)
     expected = (first + 0.5) * 1.5 - 0.5 - np.array([0, 128])
     assert np.abs(circle_centres(hires) - expected).max() < 2
+    # Both passes are 512 px high: ControlNet, which tells the passes apart by the hint's height
+    # alone, must still get the first-pass hint in the first pass and the hires one after.
+    sizes = record["network"].hint_sizes
+    assert {canvas for canvas, _ in sizes} == {(512, 512), (512, 768)}
+    assert all(canvas == hint for canvas, hint in sizes), sizes
 
 
 def test_a_face_off_the_canvas_is_a_warning_and_fails_face_region_only(host, unet) -> None:
