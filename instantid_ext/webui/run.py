@@ -97,6 +97,9 @@ class Run(Job):
     # -- process_batch: the geometry is final ----------------------------------------------
     def on_batch(self, p: Any) -> None:
         """Draw the hint and the face mask where the sampler works, and give them to ControlNet."""
+        # The WebUI has loaded this batch's checkpoint (override settings included) by now; an
+        # SD1.5 model also makes ControlNet drop its units, and this sentence says why.
+        host.check_sdxl_base(p.sd_model)
         if self.people is not None:
             self._on_batch_people(p)
             return

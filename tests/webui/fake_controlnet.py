@@ -962,6 +962,15 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
             if not self.enabled_units:
                 self.latest_network = None
                 return
+            self.latest_network = None
+            if not getattr(getattr(p, "sd_model", None), "is_sdxl", True):
+                # check_sd_version_compatible: the stand-in's ControlNet models are all SDXL.
+                unit = self.enabled_units[0]
+                msg = (
+                    f"ControlNet model {unit.model}(StableDiffusionVersion.SDXL) is not compatible with "
+                    "sd model(StableDiffusionVersion.SD1x)"
+                )
+                raise Exception(msg)
             if version >= (1, 1, 446):
                 sp.Preprocessor.unload_unused(
                     {q for unit in self.enabled_units for q in unit.get_actual_preprocessors()}

@@ -226,6 +226,14 @@ CASES: dict[str, Case] = {
         "InstantID works only with SDXL models, but fake_sdxl is SD1.x. Load an SDXL checkpoint (e.g. SDXL "
         "base or a fine-tune of it) to use InstantID.",
     ),
+    "SD1.5 checkpoint with IdentityNet": (
+        lambda bed: (
+            bed.with_controlnet(),
+            (on(control_weight=0.8), {"sd_model": fake_host.fake_sd_model(bed.unet, is_sdxl=False)}),
+        )[1],
+        "InstantID works only with SDXL models, but fake_sdxl is SD1.x. Load an SDXL checkpoint (e.g. SDXL "
+        "base or a fine-tune of it) to use InstantID.",
+    ),
     "init image pose in txt2img": (
         lambda bed: (on(pose_source="init_image"), {}),
         "The pose source 'init image' needs img2img with an init image; in txt2img use the reference face "

@@ -66,6 +66,21 @@ def face_b64() -> str:
     return png_b64(Image.fromarray(img))
 
 
+@pytest.fixture(autouse=True)
+def sdxl_base_loaded() -> None:
+    """Each test starts with the SDXL base model loaded (checkpoint tests switch models)."""
+    code, models = call("GET", "/sdapi/v1/sd-models")
+    assert code == 200, models
+    base = [
+        m["title"] for m in models if "refiner" not in m["title"].lower() and "sd15" not in m["title"].lower()
+    ]
+    code, options = call("GET", "/sdapi/v1/options")
+    assert code == 200, options
+    if base and options.get("sd_model_checkpoint") not in base:
+        code, answer = call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": base[0]})
+        assert code == 200, answer
+
+
 def txt2img(instantid: dict | None = None, **overrides: Any) -> tuple[int, Any]:
     body = {
         "prompt": "a portrait photo, watercolor",
