@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from ..args import ARG_FIELDS, INFOTEXT_PREFIX, InstantIDArgs, infotext_labels
+from ..args import ARG_FIELDS, INFOTEXT_PREFIX, InstantIDArgs, Person, infotext_labels
 from ..errors import InstantIDError
 from ..images import decode_image
 from ..models import AUTO
@@ -448,20 +448,16 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
             )
 
         with gr.Row():
-            c["id_weight"] = gr.Slider(
-                minimum=0.0,
-                maximum=2.0,
+            c["id_weight"] = field_slider(
+                "id_weight",
                 step=0.05,
-                value=default_value("id_weight"),
                 label="ID weight",
                 info="How strongly the face tokens push the likeness.",
                 elem_id=eid("id_weight"),
             )
-            c["control_weight"] = gr.Slider(
-                minimum=0.0,
-                maximum=2.0,
+            c["control_weight"] = field_slider(
+                "control_weight",
                 step=0.05,
-                value=default_value("control_weight"),
                 label="IdentityNet strength",
                 info="How strongly the face keypoints and landmarks are held.",
                 elem_id=eid("control_weight"),
@@ -524,37 +520,29 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                 c["pose_mirror"] = gr.Checkbox(
                     value=default_value("pose_mirror"), label="Mirror", elem_id=eid("pose_mirror")
                 )
-                c["pose_rotate"] = gr.Slider(
-                    minimum=-180,
-                    maximum=180,
+                c["pose_rotate"] = field_slider(
+                    "pose_rotate",
                     step=1,
-                    value=default_value("pose_rotate"),
                     label="Rotate (degrees)",
                     elem_id=eid("pose_rotate"),
                 )
-                c["pose_scale"] = gr.Slider(
-                    minimum=0.2,
-                    maximum=3.0,
+                c["pose_scale"] = field_slider(
+                    "pose_scale",
                     step=0.05,
-                    value=default_value("pose_scale"),
                     label="Scale",
                     elem_id=eid("pose_scale"),
                 )
             with gr.Row():
-                c["pose_offset_x"] = gr.Slider(
-                    minimum=-1,
-                    maximum=1,
+                c["pose_offset_x"] = field_slider(
+                    "pose_offset_x",
                     step=0.01,
-                    value=default_value("pose_offset_x"),
                     label="Move right",
                     info="Fraction of the width.",
                     elem_id=eid("pose_offset_x"),
                 )
-                c["pose_offset_y"] = gr.Slider(
-                    minimum=-1,
-                    maximum=1,
+                c["pose_offset_y"] = field_slider(
+                    "pose_offset_y",
                     step=0.01,
-                    value=default_value("pose_offset_y"),
                     label="Move down",
                     info="Fraction of the height.",
                     elem_id=eid("pose_offset_y"),
@@ -660,11 +648,9 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                 elem_id=eid("show_hint"),
             )
             with gr.Row():
-                c["noise"] = gr.Slider(
-                    minimum=0.0,
-                    maximum=1.0,
+                c["noise"] = field_slider(
+                    "noise",
                     step=0.05,
-                    value=default_value("noise"),
                     label="Negative noise",
                     info="Against burned, over-saturated images: 0.2–0.4 helps; 0 = off.",
                     elem_id=eid("noise"),
@@ -704,28 +690,22 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                     elem_id=eid("face_pass_index"),
                 )
             with gr.Row():
-                c["face_pass_strength"] = gr.Slider(
-                    minimum=0.0,
-                    maximum=1.0,
+                c["face_pass_strength"] = field_slider(
+                    "face_pass_strength",
                     step=0.01,
-                    value=default_value("face_pass_strength"),
                     label="Denoising strength",
                     elem_id=eid("face_pass_strength"),
                 )
-                c["face_pass_padding"] = gr.Slider(
-                    minimum=0,
-                    maximum=512,
+                c["face_pass_padding"] = field_slider(
+                    "face_pass_padding",
                     step=4,
-                    value=default_value("face_pass_padding"),
                     label="Padding (px)",
                     info="Context kept around each face.",
                     elem_id=eid("face_pass_padding"),
                 )
-                c["face_pass_resolution"] = gr.Slider(
-                    minimum=256,
-                    maximum=2048,
+                c["face_pass_resolution"] = field_slider(
+                    "face_pass_resolution",
                     step=64,
-                    value=default_value("face_pass_resolution"),
                     label="Working size",
                     info="Each face is redrawn at this size.",
                     elem_id=eid("face_pass_resolution"),
@@ -779,21 +759,19 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
                         )
                     mask = gr.Image(label="Region mask", type="pil", visible=False, elem_id=pid("mask"))
                     with gr.Column():
-                        id_weight = gr.Slider(
-                            minimum=0.0,
-                            maximum=2.0,
+                        id_weight = field_slider(
+                            "id_weight",
                             step=0.05,
-                            value=0.8,
                             label="ID weight",
                             elem_id=pid("id_weight"),
+                            model=Person,
                         )
-                        control_weight = gr.Slider(
-                            minimum=0.0,
-                            maximum=2.0,
+                        control_weight = field_slider(
+                            "control_weight",
                             step=0.05,
-                            value=0.8,
                             label="IdentityNet strength",
                             elem_id=pid("control_weight"),
+                            model=Person,
                         )
                 region.change(
                     lambda index: show_region_inputs(REGION_CHOICES[index or 0][1]),
@@ -916,12 +894,30 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
 
 def _fraction_slider(label: str, name: str, eid: Callable[[str], str]) -> Any:
     """A 0–1 slider for when, as a fraction of the sampling steps, an effect is on."""
+    info = "Fraction of the sampling steps."
+    return field_slider(name, step=0.01, label=label, info=info, elem_id=eid(name))
+
+
+def field_slider(
+    name: str,
+    *,
+    step: float,
+    label: str,
+    elem_id: str,
+    info: str | None = None,
+    model: type[InstantIDArgs] | type[Person] = InstantIDArgs,
+) -> Any:
+    """A slider whose range and default are the args model's field's, so that the panel never
+    offers a value the API would refuse."""
+    field_info = model.__fields__[name].field_info
+    value = default_value(name) if model is InstantIDArgs else model.__fields__[name].get_default()
+    extra = {} if info is None else {"info": info}
     return gr.Slider(
-        minimum=0.0,
-        maximum=1.0,
-        step=0.01,
-        value=default_value(name),
+        minimum=field_info.ge,
+        maximum=field_info.le,
+        step=step,
+        value=value,
         label=label,
-        info="Fraction of the sampling steps.",
-        elem_id=eid(name),
+        elem_id=elem_id,
+        **extra,
     )

@@ -133,6 +133,19 @@ def test_components_follow_arg_fields(tab: str) -> None:
     assert kinds["face_index"] is gr.Number
 
 
+def test_sliders_offer_exactly_the_range_the_api_accepts() -> None:
+    result, _, _ = build()
+    sliders = {
+        name: comp
+        for name, comp in zip(ARG_FIELDS, result.components, strict=True)
+        if isinstance(comp, gr.Slider)
+    }
+    assert len(sliders) >= 12
+    for name, slider in sliders.items():
+        info = InstantIDArgs.__fields__[name].field_info
+        assert (slider.minimum, slider.maximum) == (info.ge, info.le), name
+
+
 @pytest.mark.parametrize("tab", TABS)
 def test_default_values_parse_to_the_defaults(tab: str) -> None:
     result, _, _ = build(tab)
