@@ -1,7 +1,7 @@
 """Peak memory of one generation in a real WebUI, for InstantID next to ControlNet's own InstantID.
 
-Starts the live bed's WebUI (``tests/live/setup_webui.sh``) once per setup, makes sure the models
-the setup needs are loaded, resets the server's peak resident set size (``VmHWM``, via
+Starts the live bed's WebUI (``tests/live/setup_webui.sh``) once per setup, waits for its checkpoint
+with a small plain generation, resets the server's peak resident set size (``VmHWM``, via
 ``/proc/PID/clear_refs``), runs the setup's requests and reads the peak. Every setup gets a fresh
 server, so no model cached by an earlier setup counts. Linux only.
 
@@ -96,13 +96,13 @@ def controlnet_model(fragment: str) -> str:
     return matches[0]
 
 
-def txt2img(scripts: dict[str, Any]) -> None:
+def txt2img(scripts: dict[str, Any], size: int = SIZE, steps: int = STEPS) -> None:
     body = {
         "prompt": "a portrait photo",
         "negative_prompt": "blurry",
-        "width": SIZE,
-        "height": SIZE,
-        "steps": STEPS,
+        "width": size,
+        "height": size,
+        "steps": steps,
         "cfg_scale": 4,
         "sampler_name": "Euler",
         "seed": 1234,
@@ -218,7 +218,9 @@ def measure(bed: Path, setup: str, settings: Path | None, logs: Path) -> dict[st
     face = face_b64()
     server = start_server(bed, settings, logs / f"{setup}.log")
     try:
-        call("/sdapi/v1/options")  # the checkpoint is loaded by now (the WebUI loads it at start)
+        # The WebUI loads its checkpoint in the background after it starts answering: a small
+        # plain generation waits for that and warms up, so that neither counts.
+        txt2img({}, size=64, steps=1)
         before = memory(server.pid)
         Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # peak := now
         started = time.perf_counter()
