@@ -235,8 +235,9 @@ def measure(bed: Path, setup: str, settings: Path | None, logs: Path) -> dict[st
             "rss_after_gib": round(after["VmRSS"], 2),
             "seconds": round(seconds, 1),
         }
-    except RuntimeError as err:
-        return {"setup": setup, "error": str(err), "exit": server.poll()}
+    except (RuntimeError, OSError) as err:  # OSError: the server died mid-request (out of memory?)
+        time.sleep(2)
+        return {"setup": setup, "error": f"{type(err).__name__}: {err}", "exit": server.poll()}
     finally:
         stop_server(server)
 
