@@ -594,12 +594,14 @@ class ControlNetBridge:
             if hint is not None:
                 param.hint_cond = _hint_tensor(hint, like=param.hint_cond)
                 param.used_hint_cond = None
-            if hr_hint is not None and getattr(param, "hr_hint_cond", None) is not None:
+            computed = getattr(param, "hr_hint_cond", None)
+            like = computed if computed is not None else unit.hr_hint  # later batches: ours
+            if hr_hint is not None and like is not None:
                 # ControlNet tells the passes apart by comparing the latent's height with its two
                 # hints' heights, which fails when hires fix changes only the width (it then feeds
                 # the hires hint to the first pass). Keep one hint per pass instead: the hires one
                 # is swapped in by enter_hires.
-                unit.hr_hint = _hint_tensor(hr_hint, like=param.hr_hint_cond)
+                unit.hr_hint = _hint_tensor(hr_hint, like=like)
                 param.hr_hint_cond = None
             if region_mask is not None and hasattr(param, "effective_region_mask"):
                 param.effective_region_mask = _mask_tensor(region_mask)
