@@ -58,6 +58,7 @@ import numpy as np
 from ..errors import DependencyError, InstantIDError, InvalidInputError, ModelFileError, NoFaceError
 from ..keypoints import draw_kps
 from ..models import DIFFUSERS_WEIGHTS, short_hash
+from . import host
 
 logger = logging.getLogger(__name__)
 
@@ -700,10 +701,7 @@ class ControlNetBridge:
                 conds = getattr(p, name, None)
                 if conds is not None:
                     setattr(p, name, mark(conds, positive))
-            for cls in type(p).__mro__:
-                for name in ("cached_hr_c", "cached_hr_uc"):
-                    if name in vars(cls):
-                        setattr(cls, name, [None, None])
+            host.forget_cached_prompts(p, host.HIRES_PROMPT_CACHES)
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -147,6 +147,12 @@ def fake_sd_model(unet: torch.nn.Module, *, is_sdxl: bool = True, **flags: Any) 
 @dataclass
 class Processing:
     """``StableDiffusionProcessingTxt2Img`` reduced to what the hooks and sampler use."""
+
+    # The WebUI's class-level prompt caches (ControlNet marks the prompts in them in place).
+    cached_c: ClassVar[list] = [None, None]
+    cached_uc: ClassVar[list] = [None, None]
+    cached_hr_c: ClassVar[list] = [None, None]
+    cached_hr_uc: ClassVar[list] = [None, None]
 
     sd_model: Any
     script_args: tuple = ()

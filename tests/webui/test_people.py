@@ -166,6 +166,22 @@ def test_overlapping_regions_and_auto_without_faces_are_clear_errors(host, unet,
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
 
 
+def test_a_batch_stopped_before_sampling_leaves_no_marked_prompts(host, unet, cn, monkeypatch) -> None:
+    """Overlapping regions are found when the batch starts, after ControlNet set up its units; it
+    marks the cached prompts when sampling starts and only the UNet's first call empties the
+    cache. Stopping in between must empty it, or the next job would reuse marked prompts."""
+    marked = ["the prompt", "a marked conditioning"]
+    for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        monkeypatch.setattr(fake_host.Processing, name, list(marked))
+    args = two_people()
+    args["people"][0].update(region="box", box=[0.0, 0.0, 0.6, 1.0])
+    args["people"][1].update(region="box", box=[0.4, 0.0, 1.0, 1.0])
+    with pytest.raises(InstantIDError, match="overlap by"):
+        fake_host.run_job(job(host, unet, cn, args))
+    for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        assert getattr(fake_host.Processing, name) == [None, None], name
+
+
 def test_auto_regions_follow_the_faces_of_the_pose_image(host, unet, cn) -> None:
     pose = fp.background(128, 256)
     drawn = [fp.draw_face(pose, (64, 64), 60, ident=1), fp.draw_face(pose, (192, 64), 60, ident=2)]
