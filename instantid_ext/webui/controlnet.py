@@ -58,7 +58,6 @@ import numpy as np
 from ..errors import DependencyError, InstantIDError, InvalidInputError, ModelFileError, NoFaceError
 from ..keypoints import draw_kps
 from ..models import DIFFUSERS_WEIGHTS, short_hash
-from . import host
 
 logger = logging.getLogger(__name__)
 
@@ -701,6 +700,8 @@ class ControlNetBridge:
                 conds = getattr(p, name, None)
                 if conds is not None:
                     setattr(p, name, mark(conds, positive))
+            from . import host  # the WebUI's own modules: imported only inside the WebUI
+
             host.forget_cached_prompts(p, host.HIRES_PROMPT_CACHES)
 
 
