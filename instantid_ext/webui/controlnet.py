@@ -700,12 +700,28 @@ class ControlNetBridge:
                 conds = getattr(p, name, None)
                 if conds is not None:
                     setattr(p, name, mark(conds, positive))
-            from . import host  # the WebUI's own modules: imported only inside the WebUI
-
-            host.forget_cached_prompts(p, host.HIRES_PROMPT_CACHES)
+            forget_marked_prompts(p, HIRES_PROMPT_CACHES)
 
 
 # -- helpers ----------------------------------------------------------------------------------
+PROMPT_CACHES = ("cached_c", "cached_uc")
+HIRES_PROMPT_CACHES = ("cached_hr_c", "cached_hr_uc")
+
+
+def forget_marked_prompts(p: Any, names: tuple[str, ...] = PROMPT_CACHES + HIRES_PROMPT_CACHES) -> None:
+    """Empty the WebUI's class-level prompt caches (``StableDiffusionProcessing.cached_c`` …).
+
+    ControlNet marks the cached prompts in place when sampling starts and empties the caches
+    on the UNet's first call. A job stopped in between (by InstantID, when a batch turned out
+    unusable) would leave marked prompts that the next job with the same prompt reuses: a
+    plain generation would no longer be bit-identical.
+    """
+    for cls in type(p).__mro__:
+        for name in names:
+            if name in vars(cls):
+                setattr(cls, name, [None, None])
+
+
 def host_unet(p: Any) -> Any:
     return p.sd_model.model.diffusion_model
 

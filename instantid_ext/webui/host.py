@@ -174,24 +174,6 @@ def as_http_error(error: InstantIDError) -> InstantIDError:
     return wrapped
 
 
-PROMPT_CACHES = ("cached_c", "cached_uc")
-HIRES_PROMPT_CACHES = ("cached_hr_c", "cached_hr_uc")
-
-
-def forget_cached_prompts(p: Any, names: tuple[str, ...] = PROMPT_CACHES + HIRES_PROMPT_CACHES) -> None:
-    """Empty the WebUI's class-level prompt caches (``StableDiffusionProcessing.cached_c`` …).
-
-    ControlNet marks the cached prompts in place when sampling starts and empties the caches
-    on the UNet's first call. A job stopped in between (by InstantID, when a batch turned out
-    unusable) would leave marked prompts that the next job with the same prompt reuses: a
-    plain generation would no longer be bit-identical.
-    """
-    for cls in type(p).__mro__:
-        for name in names:
-            if name in vars(cls):
-                setattr(cls, name, [None, None])
-
-
 def abort_job(p: Any, error: InstantIDError) -> None:
     """Stop the job with ``error`` shown to the user (UI) or as HTTP 422 (API).
 

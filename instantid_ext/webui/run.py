@@ -271,14 +271,14 @@ class Run(Job):
     def sampling(self, p: Any) -> Iterator[None]:
         """Face tokens in the UNet, the denoiser callback and our ControlNet hooks, for one call."""
         if self.failure is not None:
-            host.forget_cached_prompts(p)  # ControlNet may have marked them already
+            _forget_marked_prompts(p)  # ControlNet may have marked them already
             raise host.as_http_error(self.failure)
         try:
             host.check_sdxl_base(p.sd_model)
             unet = host.unet_of(p.sd_model)
         except InstantIDError as err:
             logger.error("%s", err)
-            host.forget_cached_prompts(p)
+            _forget_marked_prompts(p)
             raise host.as_http_error(err) from None
         assert self.adapter is not None and self.tokens is not None
         self.pass_name = "first"
@@ -386,6 +386,12 @@ def _batch_seed(p: Any) -> int:
 
 def _as_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
     return None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
+
+
+def _forget_marked_prompts(p: Any) -> None:
+    from .controlnet import forget_marked_prompts
+
+    forget_marked_prompts(p)
 
 
 def _controlnet_bridge() -> Any:
