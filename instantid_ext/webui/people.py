@@ -21,7 +21,7 @@ import torch
 from ..args import InstantIDArgs
 from ..face import Face
 from ..geometry import Frame
-from ..identitynet_regions import multi_identity_hint
+from ..identitynet_regions import identity_context, multi_identity_hint, region_strength_map
 from ..ip_adapter import IPAdapter
 from ..ip_attention import IPIdentity
 from ..people import PersonConditioning, PersonPlacement, canvas_faces, person_conditioning, place_people
@@ -45,7 +45,7 @@ class Pass:
 
     def strength_map(self, strengths: list[float]) -> np.ndarray:
         """``Σ strength_r · mask_r``: IdentityNet's residual multiplier (the unit's weight is 1)."""
-        return sum((s * m for s, m in zip(strengths, self.masks, strict=True)), np.zeros_like(self.masks[0]))
+        return region_strength_map(self.masks, strengths).numpy()
 
 
 @dataclass
@@ -113,9 +113,8 @@ class People:
 
     def context_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """IdentityNet's context: the people's tokens side by side, ``(1, 16·k, 2048)`` each."""
-        cond = torch.cat([t.cond.reshape(1, -1, t.cond.shape[-1]) for t in self.tokens], dim=1)
-        uncond = torch.cat([t.uncond.reshape(1, -1, t.uncond.shape[-1]) for t in self.tokens], dim=1)
-        return cond, uncond
+        cond = identity_context([t.cond for t in self.tokens])
+        return cond, identity_context([t.uncond for t in self.tokens])
 
     def infotext(self) -> str:
         from ..people import describe
