@@ -127,15 +127,7 @@ class Run(Job):
             people.place(p)
             self.hint = people.passes["first"].hint
         if self.args.noise > 0:
-            seed = _batch_seed(p)
-            if seed != self.noise_seed:
-                assert self.adapter is not None
-                people.tokens = [
-                    FaceTokens.from_embedding(self.adapter, c.embedding, noise=self.args.noise, seed=seed)
-                    for c in people.conditionings
-                ]
-                self.noise_seed = seed
-                self.precomputed.clear()
+            self._noise_tokens(p)
         if self.bridge is None or self.unit is None:
             return
         cond, uncond = people.context_tokens()
@@ -207,10 +199,16 @@ class Run(Job):
         seed = _batch_seed(p)
         if seed == self.noise_seed:
             return
-        assert self.adapter is not None and self.conditioning is not None
-        self.tokens = FaceTokens.from_embedding(
-            self.adapter, self.conditioning.embedding, noise=self.args.noise, seed=seed
-        )
+        adapter, noise = self.adapter, self.args.noise
+        assert adapter is not None and self.conditioning is not None
+        if self.people is not None:
+            self.people.tokens = [
+                FaceTokens.from_embedding(adapter, c.embedding, noise=noise, seed=seed)
+                for c in self.people.conditionings
+            ]
+        else:
+            embedding = self.conditioning.embedding
+            self.tokens = FaceTokens.from_embedding(adapter, embedding, noise=noise, seed=seed)
         self.noise_seed = seed
         self.precomputed.clear()  # the uncond keys/values changed
 
@@ -252,8 +250,13 @@ class Run(Job):
         if self.unit is not None:
             self.bridge.set_region_mask(self.unit, hires.strength_map(people.strengths))
         if self.regional is not None:
-            self.regional.remove()
+            self._remove_regional()
             self.regional = self._regional_identitynet("hires")
+
+    def _remove_regional(self) -> None:
+        if self.regional is not None:
+            self.regional.remove()
+            self.regional = None
 
     def _regional_identitynet(self, name: str) -> Any:
         """IdentityNet's attention bound to each person's region (and, on ControlNet 1.1.444-1.1.445,
@@ -314,8 +317,7 @@ class Run(Job):
             if self.unit is not None and self.unit.param is not None:
                 if self.people is not None:
                     self.regional = self._regional_identitynet("first")
-                    stack.callback(setattr, self, "regional", None)  # callbacks run last-in first-out:
-                    stack.callback(lambda: self.regional.remove() if self.regional is not None else None)
+                    stack.callback(self._remove_regional)  # the hires pass may have replaced it
                 else:
                     tokens = int(self.tokens.cond.shape[1])
                     handle = self.bridge.residual_mask_hook(self.unit, self.mask_tensor, tokens)
