@@ -21,10 +21,22 @@
 # {owner} and {name} replaced (e.g. '/srv/mirrors/{owner}+{name}.git'); WEBUI_REPO, CONTROLNET_REPO,
 # ASSETS_REPO, STABLE_DIFFUSION_REPO, STABLE_DIFFUSION_XL_REPO, K_DIFFUSION_REPO, BLIP_REPO and
 # CLIP_REPO replace single URLs (the WebUI's own variable names, CLIP_REPO apart).
-# Other settings: PYTHON (a Python 3.10/3.11, default python3.11 or python3), INSTANTID_LIVE_TORCH
-# (the pip arguments for torch and torchvision, e.g. adding
-# '--extra-index-url https://download.pytorch.org/whl/cpu' for CPU-only builds), INSTANTID_LIVE_SEED
-# (model seed, default 1234). Stop the server with Ctrl+C or by killing the run.sh process.
+# Other settings (environment variables), all optional:
+#   PYTHON                    a Python 3.10/3.11 (default: python3.11, else python3.10, else python3)
+#   INSTANTID_LIVE_TORCH      pip arguments for torch and torchvision (default 'torch==2.14.1
+#                             torchvision==0.29.1': PyPI's builds, which run on the CPU too). The two
+#                             must be built for each other: a CPU torch (e.g. torch==2.13.0+cpu) needs a
+#                             CPU torchvision, e.g. 'torch==2.13.0 torchvision==0.28.0 --index-url
+#                             https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple';
+#                             PyPI's torchvision is a CUDA build that does not load next to a CPU torch,
+#                             and the script stops with a sentence saying so.
+#   INSTANTID_LIVE_DIFFUSERS  pip spec of the diffusers used to write the IdentityNet files (not
+#                             installed into the WebUI's environment; default diffusers==0.31.0)
+#   INSTANTID_LIVE_SEED       seed of the random-weight models (default 1234)
+#   INSTANTID_LIVE_EXT_MODE   'link' (default) or 'copy': how this checkout goes into extensions/
+# The WebUI pins setuptools==69.5.1; torch 2.13 and newer need setuptools>=77, so when pip reports
+# that conflict the pin is relaxed to 'setuptools>=69.5.1,<81' (81 drops pkg_resources, which
+# the WebUI's dependencies import). Stop the server with Ctrl+C or by killing the run.sh process.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,9 +49,8 @@ VENV=$TARGET/venv
 SEED=${INSTANTID_LIVE_SEED:-1234}
 GITHUB_TEMPLATE='https://github.com/{owner}/{name}.git'
 URL_TEMPLATE=${INSTANTID_LIVE_GIT_URL:-$GITHUB_TEMPLATE}
-# torch and torchvision must come as a pair built for each other; pip picks builds that work
-# with numpy 1.26 and setuptools 69.5 (the WebUI's pins) from these.
-TORCH_SPEC=${INSTANTID_LIVE_TORCH:-torch==2.12.1 torchvision==0.27.1}
+# torch and torchvision must come as a pair built for each other (see INSTANTID_LIVE_TORCH above).
+TORCH_SPEC=${INSTANTID_LIVE_TORCH:-torch==2.14.1 torchvision==0.29.1}
 DIFFUSERS_SPEC=${INSTANTID_LIVE_DIFFUSERS:-diffusers==0.31.0}
 if [[ -z ${PYTHON:-} ]]; then
     PYTHON=$(command -v python3.11 || command -v python3.10 || command -v python3)
@@ -85,6 +96,20 @@ checkout() {  # checkout URL COMMIT DEST [TAG]
     if [[ -n $tag ]]; then
         git -C "$dest" tag -f "$tag" "$commit" >/dev/null
     fi
+}
+
+# check_torch_pair: torch and torchvision of the venv load together, else one sentence and exit.
+check_torch_pair() {
+    local out
+    if ! out=$("$PY" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)' 2>&1); then
+        echo "torch and torchvision in $VENV do not load together:" >&2
+        echo "$out" | tail -n 1 >&2
+        echo "This happens with a CPU build of torch next to PyPI's torchvision (a CUDA build). Pick a" \
+            "matching pair with INSTANTID_LIVE_TORCH (see this script's header), delete $VENV and run" \
+            "the script again." >&2
+        exit 1
+    fi
+    echo "  torch and torchvision: $out"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -138,8 +163,20 @@ if [[ ! -f $VENV/.instantid-live-ready ]]; then
         echo "onnx"
         echo "wheel"  # builds OpenAI CLIP below without fetching build tools
     } >"$REQ"
+    PIPLOG=$TARGET/pip-install.log
     # shellcheck disable=SC2086  # TORCH_SPEC is a list of pip arguments
-    "$PY" -m pip install -q $TORCH_SPEC -r "$REQ"
+    if ! "$PY" -m pip install -q $TORCH_SPEC -r "$REQ" 2>"$PIPLOG"; then
+        if grep -q 'setuptools' "$PIPLOG" && grep -q -E '^setuptools==' "$REQ"; then
+            echo "  the chosen torch needs a newer setuptools than the WebUI's pin: relaxing it"
+            sed -i -E 's/^setuptools==[^ ]*(.*)$/setuptools>=69.5.1,<81  # relaxed for torch/' "$REQ"
+            # shellcheck disable=SC2086
+            "$PY" -m pip install -q $TORCH_SPEC -r "$REQ"
+        else
+            cat "$PIPLOG" >&2
+            exit 1
+        fi
+    fi
+    check_torch_pair
     "$PY" -m pip install -q --no-deps --no-build-isolation "$TARGET/src/CLIP"
     "$PY" -m pip check
     touch "$VENV/.instantid-live-ready"
