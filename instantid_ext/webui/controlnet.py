@@ -703,6 +703,45 @@ class ControlNetBridge:
             forget_marked_prompts(p, HIRES_PROMPT_CACHES)
 
 
+# -- a job that failed ----------------------------------------------------------------------
+class _NoOutput:
+    """What ControlNet's ``postprocess`` reads of ``processed`` when there is no output."""
+
+    def __init__(self) -> None:
+        self.images: list[Any] = []
+        self.extra_generation_params: dict[str, Any] = {}
+
+
+def finish_failed_job(p: Any) -> None:
+    """Do for ``p``'s ControlNet what its ``postprocess`` would have done, had the job not failed.
+
+    ControlNet hooks the (shared) UNet in its ``process`` and undoes that only in its
+    ``postprocess``, which the WebUI skips when a generation raises, or at the next ``process``
+    of the *same* tab. A job stopped after ControlNet's ``process`` (our refusal at batch start
+    or sampling, or any error) would leave its network on the UNet: the other tab's next job
+    then samples through it (stale units, a hint of the wrong size), and a later hook stacks on
+    it so that unhooking leaves a network without parameters behind. Its marked prompts would
+    stay in the WebUI's prompt caches. Called when such a job closes; a no-op without ControlNet.
+    """
+    forget_marked_prompts(p)
+    ec = sys.modules.get(_MODULE_NAMES["external_code"])
+    find = getattr(ec, "find_cn_script", None)
+    script = find(getattr(p, "scripts", None)) if callable(find) else None
+    if script is None or getattr(script, "latest_network", None) is None:
+        return
+    args = tuple(getattr(p, "script_args", None) or ())[script.args_from : script.args_to]
+    try:
+        script.postprocess(p, _NoOutput(), *args)
+    except Exception:  # never mask the job's own error
+        logger.exception("Could not undo ControlNet's hooks after the failed generation")
+        network = getattr(script, "latest_network", None)
+        if network is not None:
+            network.restore()
+            script.latest_network = None
+    else:
+        logger.info("Undid ControlNet's hooks of the failed generation")
+
+
 # -- helpers ----------------------------------------------------------------------------------
 PROMPT_CACHES = ("cached_c", "cached_uc")
 HIRES_PROMPT_CACHES = ("cached_hr_c", "cached_hr_uc")

@@ -396,6 +396,12 @@ def _forget_marked_prompts(p: Any) -> None:
     forget_marked_prompts(p)
 
 
+def _finish_failed_job(p: Any) -> None:
+    from .controlnet import finish_failed_job
+
+    finish_failed_job(p)
+
+
 def _controlnet_bridge() -> Any:
     from .controlnet import ControlNetBridge
 
@@ -519,7 +525,12 @@ def _wrap_sampling(run: Run, p: Any) -> None:
 
 
 def _close_with(run: Run, p: Any) -> None:
-    """Close the job when the WebUI closes ``p`` (also after a failed generation)."""
+    """Close the job when the WebUI closes ``p`` after a failed generation.
+
+    A generation that completes closes the job in ``postprocess`` (which also removes this
+    wrapper); one that raised skips every script's ``postprocess``, ControlNet's included, so
+    what ControlNet set up for it is undone here as well.
+    """
     close = getattr(p, "close", None)
     if not callable(close):
         return
@@ -528,7 +539,10 @@ def _close_with(run: Run, p: Any) -> None:
         try:
             return close(*args, **kwargs)
         finally:
-            run.close()
+            try:
+                _finish_failed_job(p)
+            finally:
+                run.close()
 
     run.replace_method(p, "close", close_and_undo)
 

@@ -463,22 +463,27 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
             self.lowvram = lowvram
             self.model = None
             self.control_params = None
-            self.process = None
             self.cond_mark = None
+            self.residuals: list[list[torch.Tensor]] = []
             self.hint_sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
             """Per IdentityNet call: (the canvas of the latent, x8; the hint's size), to check passes."""
 
         def guidance_schedule_handler(self, x) -> None:
-            for param in self.control_params or []:
+            if not self.control_params:
+                return
+            for param in self.control_params:
                 percent = x.sampling_step / x.total_sampling_steps
                 param.guidance_stopped = (
                     percent < param.start_guidance_percent or percent > param.stop_guidance_percent
                 )
 
         def hook(self, model, sd_ldm, control_params, process, **kwargs) -> None:
+            """As ``UnetHook.hook``: wraps ``process.sample`` (once per ``p``) and replaces the UNet's
+            ``forward`` on the instance, keeping whatever was there as ``_original_forward``, even
+            when that is another network's hijacked forward. Only :meth:`restore` puts it back."""
             self.model = model
             self.control_params = control_params
-            self.process = process
+            outer = self
 
             def process_sample(*args, **kwargs):
                 # CN marks the prompts when sampling starts; hr_c/hr_uc are usually None then.
@@ -488,38 +493,39 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
                 mark_prompt_context(getattr(process, "hr_uc", []), positive=False)
                 return process.sample_before_CN_hack(*args, **kwargs)
 
-            process.sample_before_CN_hack = process.sample
+            if getattr(process, "sample_before_CN_hack", None) is None:
+                process.sample_before_CN_hack = process.sample
             process.sample = process_sample
-            unet = getattr(model, "diffusion_model", model)
-            if isinstance(unet, torch.nn.Module):
-                # As ControlNet's forward_webui: its units run (here: their residuals are only
-                # recorded) on every UNet call, before the UNet itself. ControlNet has one script
-                # per tab, which restores its previous network at the next process(); the tests
-                # make a script per job, so a network left hooked by an earlier test goes here.
-                _unhook_unet(unet)
-                original = unet.forward
+            if isinstance(model, torch.nn.Module):
+                unet_forward = type(model).forward
 
-                def forward_webui(*args, **kwargs):
-                    x = args[0] if args else kwargs["x"]
-                    self.forward(x, kwargs.get("timesteps"), kwargs.get("context"), kwargs.get("y"))
-                    return original(*args, **kwargs)
+                def forward_webui(unet, x, timesteps=None, context=None, y=None, **kw):
+                    # ControlNet's own UNet loop: its units run on every call (their residuals go
+                    # into the skip connections; here each unit adds a small constant made from
+                    # them), and the forward it replaced is not called.
+                    context, effect = outer.forward(x, timesteps, context, y)
+                    return unet_forward(unet, x, timesteps, context, y, **kw) + effect
 
-                unet._original_forward = original
-                unet._original_forward_own = vars(unet).get("forward")
-                unet.forward = forward_webui
-                self._unet = unet
+                model._original_forward = model.forward
+                model.forward = forward_webui.__get__(model, type(model))
+            callbacks = sys.modules.get("modules.script_callbacks")
+            if callbacks is not None:
+                callbacks.on_cfg_denoiser(self.guidance_schedule_handler)
 
         def restore(self) -> None:
-            if self.process is not None and hasattr(self.process, "sample_before_CN_hack"):
-                self.process.sample = self.process.sample_before_CN_hack
-                del self.process.sample_before_CN_hack
-            unet = getattr(self, "_unet", None)
-            if unet is not None:
-                _unhook_unet(unet)
-            self._unet = None
+            """As ``UnetHook.restore``: ``p.sample`` stays wrapped; the UNet gets back whatever
+            forward this network found, if the attribute is still there."""
+            callbacks = sys.modules.get("modules.script_callbacks")
+            if callbacks is not None:
+                callbacks.remove_callbacks_for_function(self.guidance_schedule_handler)
+            self.control_params = None
+            if self.model is not None and hasattr(self.model, "_original_forward"):
+                self.model.forward = self.model._original_forward
+                del self.model._original_forward
 
         def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
-            """The context selection of ControlNet's hijacked UNet forward."""
+            """The context selection of ControlNet's hijacked UNet forward; returns the text
+            context for the UNet and the units' effect on its output."""
             cond_mark, _uc, _c, context = unmark_prompt_context(context)
             self.cond_mark = cond_mark
             self.residuals = []
@@ -548,11 +554,19 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
                     )
                 else:
                     controlnet_context = context
+                if tuple(hint.shape[-2:]) != (x.shape[-2] * 8, x.shape[-1] * 8):
+                    # ControlNet adds the hint's embedding (1/8 of its size) to the latent's features.
+                    msg = (
+                        f"The size of tensor a ({hint.shape[-1] // 8}) must match the size of tensor b "
+                        f"({x.shape[-1]}) at non-singleton dimension 3"
+                    )
+                    raise RuntimeError(msg)
                 control = param.control_model(
                     x=x, hint=hint, timesteps=timesteps, context=controlnet_context, y=y
                 )
                 self.residuals.append([param.apply_effective_region_mask(c * param.weight) for c in control])
-            return context
+            effect = sum((1e-3 * float(r.mean()) for unit in self.residuals for r in unit), 0.0)
+            return context, effect
 
     return _module(
         "scripts.hook",
@@ -567,17 +581,6 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
         ControlParams=ControlParams,
         UnetHook=UnetHook,
     )
-
-
-def _unhook_unet(unet: torch.nn.Module) -> None:
-    """Undo the fake ControlNet's ``forward`` replacement (the class's own forward again)."""
-    if "_original_forward" in vars(unet):
-        own = vars(unet).pop("_original_forward_own")
-        del unet._original_forward
-        if own is None:
-            del unet.forward
-        else:
-            unet.forward = own
 
 
 def _unit_class_455(enums: types.ModuleType, preprocessor: type) -> type:

@@ -440,13 +440,12 @@ def test_identitynet_sees_face_tokens_never_the_text(cn, bridge, wired):
 
     def sample(conditioning, unconditional_conditioning):
         network = cn.cn_script(p).latest_network
-        x = torch.zeros(4, 4, 8, 8)
+        x = torch.zeros(4, 4, p.height // 8, p.width // 8)
         rows = fake.rows_of(conditioning, unconditional_conditioning)
         network.forward(x, timesteps=torch.zeros(4), context=rows)
         calls.append(network.cond_mark.flatten().tolist())
 
-    p.sample = sample
-    cn.cn_script(p).latest_network.hook(None, None, cn.cn_script(p).latest_network.control_params, p)
+    p.sample_before_CN_hack = sample  # what ControlNet's process_sample calls after marking
     p.sample(conditioning=cond, unconditional_conditioning=uncond)  # CN marks the prompts here
 
     assert calls == [[1.0, 1.0, 0.0, 0.0]]  # two cond rows, then two uncond rows
@@ -531,7 +530,7 @@ def test_hires_pass_needs_marked_prompts(cn, bridge, wired, mark):
 
     def sample(conditioning, unconditional_conditioning):
         network = script.latest_network
-        x = torch.zeros(4, 4, 8, 8)
+        x = torch.zeros(4, 4, p.height // 8, p.width // 8)
         network.forward(x, context=fake.rows_of(conditioning, unconditional_conditioning))
         p.hr_c, p.hr_uc = prompts(2, seed=2)  # the WebUI's calculate_hr_conds, inside sampling
         if mark:
@@ -539,8 +538,7 @@ def test_hires_pass_needs_marked_prompts(cn, bridge, wired, mark):
         network.forward(x, context=fake.rows_of(p.hr_c, p.hr_uc))
         marks.append(network.cond_mark.flatten().tolist())
 
-    p.sample = sample
-    script.latest_network.hook(None, None, script.latest_network.control_params, p)
+    p.sample_before_CN_hack = sample  # what ControlNet's process_sample calls after marking
     p.sample(conditioning=prompts(2, seed=1)[0], unconditional_conditioning=prompts(2, seed=1)[1])
 
     context = our_model(cn, handle.model_key).calls[-1]["context"]
@@ -585,8 +583,7 @@ def test_residual_mask_per_unit_or_by_hook_on_old_controlnet(cn, bridge, wired):
     ours = script.latest_network.control_params[1]
     network = script.latest_network
     cond, uncond = prompts(1, seed=4)
-    network.hook(None, None, network.control_params, p)
-    network.forward(torch.zeros(2, 4, 16, 16), context=fake.rows_of(cond, uncond))
+    network.forward(torch.zeros(2, 4, p.height // 8, p.width // 8), context=fake.rows_of(cond, uncond))
     if cn.version >= (1, 1, 446):
         assert hook is None
         residual = network.residuals[1][0]
