@@ -271,7 +271,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         finally:
             if args.hash_cache is not None:
                 set_hash_store(None)
-        data = {**report.data, "ready": report.ready, "problems": report.problems}
+        data = {**report.data, "ready": report.ready, "problems": report.problems, "notes": report.notes}
         _emit(args, out, data, lambda o: print_doctor(report, o))
         return EXIT_OK if report.ready else EXIT_PROBLEM
     if args.command == "analyze":

@@ -151,12 +151,14 @@ class Package:
     minimum: str | None = None
     install: str = ""
     """What to ``pip install`` when it is missing."""
+    side_by_side: bool = False
+    """Several of ``dists`` at one version work together (they install the same files)."""
 
 
 PACKAGES: tuple[Package, ...] = (
     Package("torch", "torch", ("torch",), "2.0", "torch"),
     Package("numpy", "numpy", ("numpy",), None, "numpy"),
-    Package("opencv", "cv2", OPENCV_FLAVOURS, None, "opencv-python-headless"),
+    Package("opencv", "cv2", OPENCV_FLAVOURS, None, "opencv-python-headless", side_by_side=True),
     Package("Pillow", "PIL", ("pillow",), None, "Pillow"),
     Package("safetensors", "safetensors", ("safetensors",), None, "safetensors"),
     Package("pydantic", "pydantic", ("pydantic",), None, "pydantic"),
@@ -221,6 +223,7 @@ def check_package(package: Package) -> dict[str, Any]:
         "version": version,
         "minimum": package.minimum,
         "problem": None,
+        "note": None,
     }
     requirement = f"{package.install}>={package.minimum}" if package.minimum else package.install
     if not installed and importlib.util.find_spec(package.module) is None:
@@ -228,6 +231,15 @@ def check_package(package: Package) -> dict[str, Any]:
             f"{package.label} is not installed in this Python environment ({sys.prefix}); "
             f"install it with: {_pip(requirement)}"
         )
+        return result
+    if len(installed) > 1 and package.side_by_side:
+        result["problem"] = _side_by_side_problem(package, installed)
+        if result["problem"] is None:
+            result["note"] = (
+                f"{' and '.join(installed)} {version} are both installed, as the WebUI and its "
+                f"extensions usually leave them: they put the same files into '{package.module}' and "
+                "work together at one version."
+            )
         return result
     if len(installed) > 1:
         names = ", ".join(installed)
@@ -246,6 +258,22 @@ def check_package(package: Package) -> dict[str, Any]:
     return result
 
 
+def _side_by_side_problem(package: Package, installed: dict[str, str]) -> str | None:
+    """Builds that share files conflict when their versions differ (the folder then mixes two
+    releases, the last one installed winning file by file) or when the result does not import."""
+    if len(set(installed.values())) > 1:
+        listed = ", ".join(f"{name} {version}" for name, version in installed.items())
+        newest = max(installed.values(), key=version_key)
+        pins = " ".join(f'"{name}=={newest}"' for name in installed)
+        return (
+            f"{listed} are installed at different versions; they share the folder '{package.module}', "
+            f"which now mixes both releases: bring them to one version with "
+            f'"{sys.executable}" -m pip install --force-reinstall --no-deps {pins}, '
+            "or uninstall all but one"
+        )
+    return _import_problem(package)
+
+
 # --------------------------------------------------------------------------------------
 # doctor
 # --------------------------------------------------------------------------------------
@@ -257,6 +285,8 @@ class Report:
 
     data: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    """What is worth knowing but does not stop a generation (``ready`` ignores it)."""
 
     @property
     def ready(self) -> bool:
@@ -315,6 +345,8 @@ def doctor(layout: Layout, with_hashes: bool = False) -> Report:
     report.data["packages"] = packages
     for package in packages:
         report.problems[f"package {package['name']}"] = package["problem"]
+        if package["note"]:
+            report.notes[f"package {package['name']}"] = package["note"]
 
     inventory = scan_models(list(layout.model_dirs))
 
@@ -380,6 +412,8 @@ def print_doctor(report: Report, out: TextIO) -> None:
         w(f"  {_mark(package['problem'])}  {package['name']} {version}{flavour}\n")
         if package["problem"]:
             w(f"        {package['problem']}\n")
+        elif package["note"]:
+            w(f"        note: {package['note']}\n")
 
     providers = data["providers"]
     w("\nFace analysis (insightface antelopev2)\n")
@@ -432,6 +466,8 @@ def print_doctor(report: Report, out: TextIO) -> None:
 
     count = sum(1 for p in report.problems.values() if p)
     if report.ready:
-        w("\nReady: InstantID has everything it needs.\n")
+        notes = len(report.notes)
+        also = f" ({notes} note{'s' if notes > 1 else ''} above)" if notes else ""
+        w(f"\nReady: InstantID has everything it needs{also}.\n")
     else:
         w(f"\nNot ready: {count} problem{'s' if count > 1 else ''} above (FAIL).\n")

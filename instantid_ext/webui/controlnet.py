@@ -350,6 +350,27 @@ class ControlNetBridge:
             self._patch_loader(owner, script_cls, key, weights)
         return key
 
+    def share_model_cache(self, p: Any) -> None:
+        """Let this tab's ControlNet use the models the other tab cached for the same checkpoint.
+
+        ControlNet's model cache is one per process, but each tab's script remembers on its own
+        the checkpoint it last ran with, and empties the whole cache when that differs from the
+        job's (it starts with none): the first ControlNet job of the second tab reloaded
+        IdentityNet from disk though the cache held it for the very checkpoint in use. When the
+        other tab's script last ran with this checkpoint, this tab's script is told so: the value
+        its own ``process`` is about to write anyway.
+        """
+        script = self._cn_script(p)
+        current = getattr(getattr(p, "sd_model", None), "sd_model_hash", None)
+        if current is None or getattr(script, "latest_model_hash", current) == current:
+            return
+        runners = sys.modules.get("modules.scripts")
+        for name in ("scripts_txt2img", "scripts_img2img"):
+            other = self._ec.find_cn_script(getattr(runners, name, None))
+            if other not in (None, script) and getattr(other, "latest_model_hash", None) == current:
+                script.latest_model_hash = current
+                return
+
     def _set_model_entry(self, owner: Owner, key: str, path: str) -> None:
         models = self._gs.cn_models
         if models.get(key) == path:

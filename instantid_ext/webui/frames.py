@@ -41,6 +41,14 @@ def is_img2img(p: Any) -> bool:
     return getattr(p, "init_images", None) is not None
 
 
+def canvas_is_final(p: Any) -> bool:
+    """Whether the layout on the canvas is known before ``p.init``: txt2img without hires fix (its
+    target size comes from ``p.init``), img2img without "Only masked" (its crop too)."""
+    if is_img2img(p):
+        return not getattr(p, "inpaint_full_res", False) or getattr(p, "image_mask", None) is None
+    return not getattr(p, "enable_hr", False)
+
+
 def init_image(p: Any) -> Image.Image | None:
     """The first img2img init image, or None for txt2img."""
     images = getattr(p, "init_images", None)

@@ -71,6 +71,8 @@ class Run(Job):
         self.hr_placed: PlacedPose | None = None
         self.hint: np.ndarray | None = None
         self.masks: dict[str, torch.Tensor | None] = {"first": None, "hires": None}
+        self.early_canvas: tuple[int, int] | None = None
+        """The canvas the layout was made for in ``before_process`` (:meth:`place_early`)."""
         self.pass_name = "first"
         self.patch: IPAttentionPatch | None = None
         self.noise_seed: int | None = None
@@ -100,6 +102,8 @@ class Run(Job):
         # The WebUI has loaded this batch's checkpoint (override settings included) by now; an
         # SD1.5 model also makes ControlNet drop its units, and this sentence says why.
         host.check_sdxl_base(p.sd_model)
+        if self.early_canvas is not None and self.early_canvas != frames.canvas_size(p):
+            self._forget_layout()  # another script resized the job after before_process
         if self.people is not None:
             self._on_batch_people(p)
             return
@@ -119,6 +123,28 @@ class Run(Job):
             hr_hint=None if self.hr_placed is None else self.hr_placed.hint(),
             region_mask=self._mask_array("first"),
         )
+
+    def place_early(self, p: Any) -> None:
+        """Lay the face(s) out in ``before_process`` where the canvas is already final, so that a
+        layout that cannot work (regions that overlap, too few faces for ``auto``, the face off
+        the canvas with "Face region only") is refused before ControlNet sets up its units."""
+        if not frames.canvas_is_final(p):
+            return
+        self.early_canvas = frames.canvas_size(p)
+        if self.people is not None:
+            self.people.place(p)
+            self.hint = self.people.passes["first"].hint
+        else:
+            self._place(p)
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def _forget_layout(self) -> None:
+        self.early_canvas = self.placed = self.hr_placed = self.hint = None
+        self.masks = {"first": None, "hires": None}
+        if self.people is not None:
+            self.people.passes.clear()
 
     def _on_batch_people(self, p: Any) -> None:
         people = self.people
@@ -485,6 +511,8 @@ def _prepare(run: Run, p: Any, resources: Resources) -> None:
         run.tokens = FaceTokens.from_embedding(run.adapter, run.conditioning.embedding)
         if args.control_weight > 0:
             _prepare_identitynet(run, p, resources, weight=args.control_weight)
+    run.place_early(p)
+    _seed_init_encoding(run, p)
     _wrap_sampling(run, p)
     _close_with(run, p)
     p.extra_generation_params.update(args.to_infotext(extra=_infotext_extra(run)))
@@ -501,6 +529,7 @@ def _prepare_identitynet(run: Run, p: Any, resources: Resources, weight: float) 
         )
         return
     key = bridge.identitynet_model_key(run, p, run.identitynet_file.path)
+    bridge.share_model_cache(p)
     run.bridge = bridge
     run.unit = bridge.inject_unit(
         run,
@@ -511,6 +540,29 @@ def _prepare_identitynet(run: Run, p: Any, resources: Resources, weight: float) 
         args.control_end,
         key,
     )
+
+
+def _seed_init_encoding(run: Run, p: Any) -> None:
+    """img2img: draw the init image's VAE sample from the job's seed.
+
+    The WebUI encodes the init images in ``p.init`` with the VAE's posterior *sample*, drawn from
+    torch's global generator before it seeds anything for the job, so the same request gave
+    another image after a txt2img with another seed, after ControlNet first built IdentityNet
+    (its layers' initialisation draws from that generator), or after any job that drew from it.
+    The draw is made from the job's first seed on a forked generator: the rest of the process
+    sees the generator as it was.
+    """
+    if getattr(p, "init_images", None) is None:
+        return
+    init = p.init
+
+    def init_from_seed(*args: Any, **kwargs: Any) -> Any:
+        seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(seeds[0]) & 0xFFFF_FFFF_FFFF_FFFF)
+            return init(*args, **kwargs)
+
+    run.replace_method(p, "init", init_from_seed)
 
 
 def _wrap_sampling(run: Run, p: Any) -> None:

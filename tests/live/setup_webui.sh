@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build a real AUTOMATIC1111 WebUI 1.10.1 + sd-webui-controlnet 1.1.455 with this extension, running
-# on the CPU without network access at run time, for tests/webui/test_live.py.
+# on the CPU without network access at run time, for tests/live.
 #
 #   tests/live/setup_webui.sh [TARGET]          # default TARGET: /tmp/instantid-webui
 #   TARGET/run.sh                               # start the server (port 7860; PORT=... to change)
 #   TARGET/wait.sh                              # wait until /instantid/v1/version answers
-#   SD_WEBUI_URL=http://127.0.0.1:7860 python -m pytest -q tests/webui/test_live.py
+#   SD_WEBUI_URL=http://127.0.0.1:7860 python -m pytest -q tests/live
 #
 # Every step is skipped when its result exists, so re-running is cheap. What it does:
 #  1. clones the WebUI, ControlNet and the repositories the WebUI pins (launch_utils.py) at fixed

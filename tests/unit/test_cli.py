@@ -414,3 +414,52 @@ def test_python_dash_m_runs_the_command_line() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m instantid_ext")
     assert "doctor" in result.stdout and "analyze" in result.stdout and "identity" in result.stdout
+
+
+def test_two_opencv_builds_at_one_version_are_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most WebUI installs hold both: the WebUI's and its extensions' requirements pull them in."""
+    opencv = next(p for p in doctor.PACKAGES if p.label == "opencv")
+    versions = {"opencv-python": "4.11.0.86", "opencv-python-headless": "4.11.0.86"}
+    monkeypatch.setattr(doctor, "_dist_version", versions.get)
+    monkeypatch.setattr(doctor, "_import_problem", lambda package: None)
+    result = check_package(opencv)
+    assert result["problem"] is None
+    assert result["note"] == (
+        "opencv-python and opencv-python-headless 4.11.0.86 are both installed, as the WebUI and its "
+        "extensions usually leave them: they put the same files into 'cv2' and work together at one version."
+    )
+
+
+def test_two_opencv_builds_at_different_versions_or_not_importing_are_problems(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opencv = next(p for p in doctor.PACKAGES if p.label == "opencv")
+    versions = {"opencv-python": "4.8.1.78", "opencv-python-headless": "4.11.0.86"}
+    monkeypatch.setattr(doctor, "_dist_version", versions.get)
+    assert check_package(opencv)["problem"] == (
+        "opencv-python 4.8.1.78, opencv-python-headless 4.11.0.86 are installed at different versions; "
+        "they share the folder 'cv2', which now mixes both releases: bring them to one version with "
+        f'"{sys.executable}" -m pip install --force-reinstall --no-deps "opencv-python==4.11.0.86" '
+        '"opencv-python-headless==4.11.0.86", or uninstall all but one'
+    )
+    versions["opencv-python"] = "4.11.0.86"
+    broken = "opencv is installed but cannot be imported"
+    monkeypatch.setattr(doctor, "_import_problem", lambda package: broken)
+    assert check_package(opencv)["problem"] == broken
+
+
+def test_doctor_with_a_note_is_ready_and_says_so(
+    complete_webui: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = doctor._dist_version
+    monkeypatch.setattr(
+        doctor,
+        "_dist_version",
+        lambda name: real("opencv-python-headless") if name.startswith("opencv-python") else real(name),
+    )
+    code, out, _ = run_cli("doctor", "--models-dir", complete_webui / "models")
+    assert code == 0, out
+    assert "        note: opencv-python and opencv-python-headless" in out
+    assert out.rstrip().endswith("Ready: InstantID has everything it needs (1 note above).")
+    code, out, _ = run_cli("doctor", "--json", "--models-dir", complete_webui / "models")
+    assert code == 0 and "package opencv" in json.loads(out)["notes"]

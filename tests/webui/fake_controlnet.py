@@ -921,6 +921,7 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
 
         def __init__(self) -> None:
             self.latest_network = None
+            self.latest_model_hash = ""
             self.enabled_units = []
             self.detected_map = []
             self.args_from = self.args_to = None
@@ -954,6 +955,7 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
             if not os.path.exists(path):
                 raise ValueError(f"file not found: {path}")
             Script.loads.append(path)
+            torch.randn(16)  # building the network initialises its layers from torch's generator
             is_iid = "instant_id" in path.lower()
             model_type = ControlModelType.InstantID if is_iid else ControlModelType.ControlNet
             return ControlModel(RecordingControlModel(model), model_type)
@@ -974,6 +976,11 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                     "sd model(StableDiffusionVersion.SD1x)"
                 )
                 raise Exception(msg)
+            # The model cache is one per process; the checkpoint it was built for, one per tab.
+            model_hash = getattr(getattr(p, "sd_model", None), "sd_model_hash", None)
+            if self.latest_model_hash != model_hash:
+                Script.model_cache.clear()
+            self.latest_model_hash = model_hash
             if version >= (1, 1, 446):
                 sp.Preprocessor.unload_unused(
                     {q for unit in self.enabled_units for q in unit.get_actual_preprocessors()}

@@ -133,6 +133,7 @@ class CFGDenoiserParams:
 
 # -- a fake SDXL model and processing object ------------------------------------------------
 def fake_sd_model(unet: torch.nn.Module, *, is_sdxl: bool = True, **flags: Any) -> Any:
+    flags.setdefault("sd_model_hash", "5dfd9e0c" if is_sdxl else "cc6cb27103")
     return types.SimpleNamespace(
         is_sdxl=is_sdxl,
         is_sd2=False,
@@ -196,7 +197,7 @@ class Processing:
     def close(self) -> None:
         self.closed = True
 
-    def init(self) -> None:
+    def init(self, all_prompts=None, all_seeds=None, all_subseeds=None) -> None:
         """The hires target of ``calculate_target_resolution`` (1.6–1.10)."""
         if not self.enable_hr:
             return
@@ -260,12 +261,15 @@ class Processing:
                 x = self._denoise(x, step, self.steps, c, uc)
         return x
 
+    def _noise(self) -> torch.Tensor:
+        """The job's noise, as ``rng.randn``: torch's global generator seeded with the seed."""
+        torch.manual_seed(self.seed)
+        return torch.randn(self.batch_size, 4, self.height // 8, self.width // 8)
+
     def sample(
         self, conditioning=None, unconditional_conditioning=None, seeds=None, **kwargs
     ) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
-        x = torch.randn(self.batch_size, 4, self.height // 8, self.width // 8, generator=g)
-        x = self._sample_pass(x)
+        x = self._sample_pass(self._noise())
         if self.enable_hr:
             self.scripts.before_hr(self)
             up = (self.hr_upscale_to_y // 8, self.hr_upscale_to_x // 8)
@@ -302,7 +306,21 @@ class ProcessingImg2Img(Processing):
         if self.image_mask is None:
             self.image_mask = self.mask
 
-    def init(self) -> None:
+    init_latent: Any = None
+
+    def init(self, all_prompts=None, all_seeds=None, all_subseeds=None) -> None:
+        """The "Only masked" crop, then the init latent: the VAE's posterior *sample*, drawn from
+        torch's global generator as sgm's ``DiagonalGaussianDistribution.sample`` does (the job
+        has not seeded it yet)."""
+        self._crop_only_masked()
+        shape = (self.batch_size, 4, self.height // 8, self.width // 8)
+        self.init_latent = 0.5 + 0.1 * torch.randn(shape)
+
+    def sample(self, conditioning=None, unconditional_conditioning=None, seeds=None, **kw) -> torch.Tensor:
+        x = self.init_latent + self.denoising_strength * self._noise()
+        return self._sample_pass(x)
+
+    def _crop_only_masked(self) -> None:
         """The "Only masked" crop: the mask's box plus padding, widened to the output's aspect ratio."""
         if self.image_mask is None or not self.inpaint_full_res:
             return
@@ -396,7 +414,7 @@ def process_images(p: Processing) -> Processed:
     p.all_prompts = [p.prompt] * len(p.all_seeds)
     p.all_negative_prompts = [p.negative_prompt] * len(p.all_seeds)
     p.scripts.process(p)
-    p.init()
+    p.init(p.all_prompts, p.all_seeds, [0] * len(p.all_seeds))
     samples = None
     outputs, infotexts = [], []
     for n in range(p.n_iter):

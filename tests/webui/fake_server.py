@@ -11,6 +11,7 @@ img2img jobs on one UNet with persistent per-tab runners and answers each like t
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,8 @@ class FakeServer:
             swap.args_from = swap.args_to = units + 1
             self.runners[tab] = fake_host.ScriptRunner([cn_script, ours, swap])
             self.swaps[tab] = swap
+        runners = sys.modules["modules.scripts"]
+        runners.scripts_txt2img, runners.scripts_img2img = self.runners["txt2img"], self.runners["img2img"]
 
     def controlnet(self, tab: str) -> Any:
         return self.runners[tab].alwayson_scripts[0]

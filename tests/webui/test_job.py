@@ -161,7 +161,7 @@ def test_a_failed_generation_is_undone_when_the_webui_closes_it(host, unet, cn, 
     p = job(host, unet, enabled(control_weight=0.8), cn=cn)
     before = p.script_args
 
-    def broken_init():
+    def broken_init(*args):
         raise RuntimeError("bad mask (simulated)")
 
     p.init = broken_init  # fails after ControlNet's process, so no postprocess runs
@@ -335,7 +335,7 @@ def test_show_hint_adds_the_keypoint_image_to_the_outputs(host, unet) -> None:
     p = job(host, unet, enabled(show_hint=True), width=64, height=64)
     ours = p.scripts.alwayson_scripts[-1]
     ours.before_process(p, *p.script_args)
-    p.init()
+    p.init(["a photo"], [p.seed], [0])
     ours.process_batch(p, *p.script_args)
     processed = fake_host.Processed(["the generated image"], {})
     ours.postprocess(p, processed, *p.script_args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.fakes import antelopev2_pack as fp
@@ -42,6 +43,13 @@ def tall_photo() -> Image.Image:
     return Image.fromarray(img)
 
 
+def face_mask() -> Image.Image:
+    """An inpaint mask over the left face of :func:`two_faces`."""
+    mask = Image.new("L", (W * 2, H * 2), 0)
+    mask.paste(255, (W // 2 - 40, H - 40, W // 2 + 40, H + 40))
+    return mask
+
+
 def instantid(**fields: Any) -> dict:
     return {"enabled": True, "images": [photo(3)], "likeness": False, **fields}
 
@@ -62,12 +70,17 @@ def overlapping() -> dict:
 def server(monkeypatch, host, unet, with_identitynet) -> FakeServer:
     cn = fake_controlnet.install(monkeypatch)
     network = ControlNet().eval()  # a real sgm ControlNet layout, so region-bound attention runs
+    builds = []
 
     def build(p, unet_, model):
+        builds.append(model)
+        torch.randn(16)  # building a network initialises its layers from torch's generator
         return fake_controlnet.ControlModel(network, cn.hook.ControlModelType.ControlNet)
 
     monkeypatch.setattr(cn.Script, "build_control_model", staticmethod(build))
-    return FakeServer(host, unet, cn)
+    server = FakeServer(host, unet, cn)
+    server.builds = builds
+    return server
 
 
 def plain(server: FakeServer) -> dict[str, Any]:
@@ -119,15 +132,19 @@ def refusal(kind: str, tab: str, unet: Any) -> tuple[Any, dict]:
         return {"enabled": True, "id_weight": 9}, init
     if kind == "input":
         return instantid(images=[Image.fromarray(fp.background(96, 96))]), init
-    if kind == "batch start":
+    if kind == "before process":
         return instantid(images=[tall_photo()], face_region_only=True, pose_source="reference"), init
+    if kind == "batch start":  # the layout waits for p.init: hires fix, "Only masked"
+        late = {"enable_hr": True} if tab == "txt2img" else {"mask": face_mask(), "inpaint_full_res": True}
+        args = instantid(images=[tall_photo()], face_region_only=True, pose_source="reference")
+        return args, {**init, **late}
     if kind == "sampling":
         return instantid(control_weight=0.8), {**init, "swap_model_at_sampling": sd15_model(unet)}
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
-@pytest.mark.parametrize("kind", ["argument", "input", "batch start", "sampling"])
+@pytest.mark.parametrize("kind", ["argument", "input", "before process", "batch start", "sampling"])
 def test_every_refusal_from_either_tab_leaves_both_tabs_unchanged(server, kind, tab) -> None:
     before = plain(server)
     args, settings = refusal(kind, tab, server.unet)
@@ -159,3 +176,25 @@ def test_a_failed_job_leaves_no_controlnet_callback(server) -> None:
     args, settings = refusal("batch start", "txt2img", server.unet)
     assert server.request("txt2img", args, width=W, height=H, **settings).status == 422
     assert fake_host.CALLBACKS.get("cfg_denoiser", []) == []
+
+
+def test_img2img_gives_the_same_image_after_a_txt2img_with_another_seed(server) -> None:
+    """The WebUI draws the init image's VAE sample from torch's global generator, which the
+    previous job left seeded with its own seed."""
+    request = ("img2img", instantid(control_weight=0.8))
+    settings = {"init_images": [two_faces()], "width": W, "height": H, "seed": 21}
+    first = server.request(*request, **settings)
+    assert server.request("txt2img", width=W, height=H, seed=5).status == 200
+    again = server.request(*request, **settings)
+    assert again.status == 200, again.detail
+    assert again.same_image(first)
+
+
+def test_identitynet_is_loaded_once_whatever_the_tab(server) -> None:
+    """ControlNet empties its one model cache on the first job of each tab (its own record of the
+    checkpoint starts empty); the other tab's record for the same checkpoint counts."""
+    for tab in ("txt2img", "img2img", "txt2img", "img2img"):
+        settings = {"init_images": [two_faces()]} if tab == "img2img" else {}
+        answer = server.request(tab, instantid(control_weight=0.8), width=W, height=H, **settings)
+        assert answer.status == 200, answer.detail
+    assert len(server.builds) == 1

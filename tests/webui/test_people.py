@@ -167,9 +167,10 @@ def test_overlapping_regions_and_auto_without_faces_are_clear_errors(host, unet,
 
 
 def test_a_batch_stopped_before_sampling_leaves_no_marked_prompts(host, unet, cn, monkeypatch) -> None:
-    """Overlapping regions are found when the batch starts, after ControlNet set up its units; it
-    marks the cached prompts when sampling starts and only the UNet's first call empties the
-    cache. Stopping in between must empty it, or the next job would reuse marked prompts."""
+    """With hires fix the layout waits for the batch (the hires size comes from ``p.init``), so
+    overlapping regions are found after ControlNet set up its units; it marks the cached prompts
+    when sampling starts and only the UNet's first call empties the cache. Stopping in between
+    must empty it, or the next job would reuse marked prompts."""
     marked = ["the prompt", "a marked conditioning"]
     for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
         monkeypatch.setattr(fake_host.Processing, name, list(marked))
@@ -177,9 +178,23 @@ def test_a_batch_stopped_before_sampling_leaves_no_marked_prompts(host, unet, cn
     args["people"][0].update(region="box", box=[0.0, 0.0, 0.6, 1.0])
     args["people"][1].update(region="box", box=[0.4, 0.0, 1.0, 1.0])
     with pytest.raises(InstantIDError, match="overlap by"):
-        fake_host.run_job(job(host, unet, cn, args))
+        fake_host.run_job(job(host, unet, cn, args, enable_hr=True))
     for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
         assert getattr(fake_host.Processing, name) == [None, None], name
+
+
+def test_a_layout_that_cannot_work_is_refused_before_controlnet_sets_up(host, unet, cn) -> None:
+    """Where the canvas is final in ``before_process`` (txt2img without hires fix), overlapping
+    regions are refused there: ControlNet never loads IdentityNet nor hooks the UNet."""
+    args = two_people()
+    args["people"][0].update(region="box", box=[0.0, 0.0, 0.6, 1.0])
+    args["people"][1].update(region="box", box=[0.4, 0.0, 1.0, 1.0])
+    p = job(host, unet, cn, args)
+    with pytest.raises(InstantIDError, match="overlap by"):
+        fake_host.run_job(p)
+    assert cn.Script.loads == []
+    assert p.scripts.alwayson_scripts[0].latest_network is None
+    assert "_original_forward" not in vars(unet)
 
 
 def test_auto_regions_follow_the_faces_of_the_pose_image(host, unet, cn) -> None:

@@ -11,7 +11,7 @@ import base64
 import io
 
 import gradio as gr
-from modules import scripts
+from modules import script_callbacks, scripts
 from PIL import Image
 
 
@@ -30,3 +30,34 @@ class LivePainter(scripts.Script):
             return
         picture = Image.open(io.BytesIO(base64.b64decode(args[0]))).convert("RGB")
         pp.image = picture.resize(pp.image.size) if picture.size != pp.image.size else picture
+
+
+# -- ControlNet's model builds, for the live suite ---------------------------------------------------
+# ``GET /live-painter/v1/controlnet-builds`` lists the model names ControlNet built (read from
+# disk) since the server started, in order; a model served from its cache is not listed.
+BUILDS = []
+
+
+def _count_controlnet_builds(script_class):
+    original = script_class.__dict__.get("build_control_model")
+    build = original.__func__ if isinstance(original, staticmethod) else original
+    if build is None or getattr(build, "live_painter_counts", False):
+        return
+
+    def build_control_model(p, unet, model):
+        BUILDS.append(model)
+        return build(p, unet, model)
+
+    build_control_model.live_painter_counts = True
+    script_class.build_control_model = staticmethod(build_control_model)
+
+
+def _on_app_started(_demo, app):
+    for runner in (scripts.scripts_txt2img, scripts.scripts_img2img):
+        for script in getattr(runner, "alwayson_scripts", []):
+            if script.title().lower() == "controlnet":
+                _count_controlnet_builds(type(script))
+    app.add_api_route("/live-painter/v1/controlnet-builds", lambda: {"builds": list(BUILDS)}, methods=["GET"])
+
+
+script_callbacks.on_app_started(_on_app_started)

@@ -3,7 +3,7 @@
 Start a WebUI (1.6–1.10) with ``--api``, this extension and sd-webui-controlnet, an SDXL
 checkpoint loaded, and InstantID's models in place, then run::
 
-    SD_WEBUI_URL=http://127.0.0.1:7860 python -m pytest -q tests/webui/test_live.py
+    SD_WEBUI_URL=http://127.0.0.1:7860 python -m pytest -q tests/live
 
 ``SD_WEBUI_FACE`` may name a real face photo; by default a synthetic face is drawn, which
 only the generated test pack of antelopev2 detects (use that pack with random weights).
@@ -13,45 +13,26 @@ only the generated test pack of antelopev2 detects (use that pack with random we
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-URL = os.environ.get("SD_WEBUI_URL", "").rstrip("/")
-SIZE = int(os.environ.get("SD_WEBUI_SIZE", "256"))
-STEPS = int(os.environ.get("SD_WEBUI_STEPS", "2"))
-TIMEOUT = float(os.environ.get("SD_WEBUI_TIMEOUT", "900"))
+from tests.live.client import (
+    LIVE,
+    SIZE,
+    STEPS,
+    call,
+    decode,
+    face_photo_b64,
+    photo_with_face,
+    png_b64,
+)
 
-pytestmark = [pytest.mark.live, pytest.mark.skipif(not URL, reason="SD_WEBUI_URL is not set")]
-
-
-def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        URL + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        payload = err.read()
-        try:
-            return err.code, json.loads(payload)
-        except ValueError:
-            return err.code, payload.decode(errors="replace")
-
-
-def png_b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+pytestmark = LIVE
 
 
 @pytest.fixture(scope="module")
@@ -239,10 +220,6 @@ def test_xyz_plot_over_the_id_weight(face_b64: str) -> None:
 
 
 # -- restyling a photo, the face pass, nested jobs (issue: img2img/inpaint face restyle) -----------
-def decode(image_b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image_b64))).convert("RGB"))
-
-
 def circle_centres(hint: np.ndarray) -> np.ndarray:
     """The keypoints of an IdentityNet hint: the centroid of each keypoint colour's circle."""
     from instantid_ext.keypoints import DEFAULT_COLORS
@@ -253,14 +230,6 @@ def circle_centres(hint: np.ndarray) -> np.ndarray:
             for c in DEFAULT_COLORS
         ]
     )
-
-
-def photo_with_face(size: int, centre: tuple[int, int], face: int, ident: int = 3) -> tuple[Image.Image, Any]:
-    from tests.fakes import antelopev2_pack as fp
-
-    img = fp.background(size, size)
-    drawn = fp.draw_face(img, centre, face, ident=ident)
-    return Image.fromarray(img), drawn
 
 
 def test_only_masked_inpaint_hint_lies_on_the_masked_face(face_b64: str) -> None:
@@ -404,11 +373,6 @@ def test_a_job_after_a_refiner_job_runs(face_b64: str) -> None:
 
 
 # -- several people (issue: multi-identity) -----------------------------------------------------------
-def face_photo_b64(ident: int) -> str:
-    photo, _ = photo_with_face(512, (256, 240), 200, ident=ident)
-    return png_b64(photo)
-
-
 def test_two_people_each_in_their_half() -> None:
     """Two identities, left and right: both faces' keypoints are in the hint, one per half."""
     from instantid_ext.keypoints import DEFAULT_COLORS
