@@ -629,6 +629,18 @@ class ControlNetBridge:
             unit.param = param
             _drop_infotext(p, unit, index)
 
+    def drop_unit_infotext(self, p: Any, unit: InjectedUnit) -> None:
+        """Remove our unit's "ControlNet N" infotext entry again if ControlNet wrote it since.
+
+        ControlNet writes it in every ``process``; ADetailer re-runs that on a copy of ``p``
+        (which shares its infotext dict) after a batch's last image, just before that image's
+        infotext is made.
+        """
+        with self._internals("tidy ControlNet's infotext"):
+            units = list(getattr(self._cn_script(p), "enabled_units", None) or [])
+            if units:
+                _drop_infotext(p, unit, _find_unit(units, unit))
+
     @staticmethod
     def enter_hires(unit: InjectedUnit) -> None:
         """``before_hr``: give our unit the hires hint (see :meth:`apply_face_context`)."""

@@ -117,8 +117,21 @@ class Job:
 
 
 def job_of(p: Any) -> Job | None:
+    """The open job of this very ``p``; None for a copy of it (``copy(p)`` keeps the attribute)."""
     job = getattr(p, JOB_ATTR, None)
-    return job if isinstance(job, Job) and not job.closed else None
+    return job if isinstance(job, Job) and not job.closed and job.p is p else None
+
+
+def is_copy_of_running_job(p: Any) -> bool:
+    """Whether ``p`` is a copy of a generation whose job is open.
+
+    ADetailer calls every script's ``postprocess`` on ``copy(p)`` before its own passes (so that
+    ControlNet unhooks the UNet) and ``before_process`` and ``process`` on another copy after
+    them (so that ControlNet hooks it again for the next batch). Those calls belong to the
+    original generation: they must neither close its job nor open a second one.
+    """
+    job = getattr(p, JOB_ATTR, None)
+    return isinstance(job, Job) and not job.closed and job.p is not None and job.p is not p
 
 
 def close_all() -> int:

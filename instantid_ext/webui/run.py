@@ -375,6 +375,8 @@ class Run(Job):
     # -- postprocess_image: the face pass and the likeness score -------------------------------
     def postprocess_image(self, p: Any, pp: Any, script: Any) -> None:
         """Restyle the face(s) of one finished image if asked, then score its likeness."""
+        if self.bridge is not None and self.unit is not None:
+            self.bridge.drop_unit_infotext(p, self.unit)
         index = face_pass.image_index(p)
         if self.args.face_pass:
             if self.people is not None:

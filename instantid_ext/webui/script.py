@@ -9,6 +9,7 @@ from modules import scripts
 
 from ..errors import InstantIDError
 from . import host, run, services, xyz
+from .job import is_copy_of_running_job
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class InstantIDScript(scripts.Script):
         overrides = xyz.overrides_of(p)  # an X/Y/Z plot cell's InstantID axis values
         if (not args or args[0] is False) and not overrides:
             return  # off: nothing else runs, nothing is touched
+        if is_copy_of_running_job(p):
+            return  # another extension re-running the hooks on a copy: the job stays the original's
         try:
             parsed = xyz.job_args(args, overrides)
             if parsed is None:
