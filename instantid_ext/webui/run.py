@@ -568,12 +568,31 @@ def _seed_init_encoding(run: Run, p: Any) -> None:
 
 
 def _wrap_sampling(run: Run, p: Any) -> None:
-    """Apply the face tokens for exactly the duration of each ``p.sample`` call."""
+    """Apply the face tokens for exactly the duration of each ``p.sample`` call.
+
+    The wrapper serves whichever job is open on ``p`` when it is called: Loopback and SD upscale
+    run several generations on one ``p``, and ControlNet keeps the ``p.sample`` it found on its
+    first hook (ours, of the first job) and puts its own over every later wrapper, so later
+    generations reach the first job's wrapper, not their own. It passes through when a job is
+    already sampling (an outer wrapper of the same job) or none is open.
+    """
     original = p.sample
 
     def sample_with_instantid(*args: Any, **kwargs: Any) -> Any:
-        with run.sampling(p):
+        current = run_of(p)
+        if current is None or current.patch is not None:
             return original(*args, **kwargs)
+        try:
+            with current.sampling(p):
+                return original(*args, **kwargs)
+        except BaseException:
+            # The generation fails. The WebUI closes p after it (and we undo the job then), but an
+            # X/Y/Z plot cell is a copy of p that nothing closes: undo it now; closing is idempotent.
+            try:
+                _finish_failed_job(p)
+            finally:
+                current.close()
+            raise
 
     run.replace_method(p, "sample", sample_with_instantid)
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
+from tests.fakes import antelopev2_pack as fp
 from tests.webui import fake_controlnet, fake_host
-from tests.webui.test_job import enabled, job
+from tests.webui.test_job import enabled, job, no_hooks
 
 
 @pytest.fixture
@@ -84,3 +86,71 @@ def test_adetailers_calls_on_copies_of_p_leave_instantid_as_it_is_alone(
     assert list(_OPEN) == []
     assert type(cn.Script()).__dict__["build_control_model"] is build
     assert "_original_forward" not in vars(unet)
+
+
+# -- Loopback: several generations on one p -----------------------------------------------------------
+def loopback_job(host, unet, cn, init: Image.Image) -> fake_host.ProcessingImg2Img:
+    return job(
+        host,
+        unet,
+        enabled(control_weight=0.8, noise=0.3),  # negative noise: drawn from each loop's seed
+        cn=cn,
+        img2img=True,
+        init_images=[init],
+        width=64,
+        height=64,
+        denoising_strength=0.5,
+    )
+
+
+def test_loopback_applies_instantid_in_every_loop_as_a_fresh_job_would(
+    host, unet, cn, with_identitynet
+) -> None:
+    """Loopback (and SD upscale) call ``process_images`` on the same ``p`` for each loop, changing
+    only the init image and the seed; each loop must equal a fresh job with that image and seed."""
+    init = Image.fromarray(fp.background(64, 64))
+    p = loopback_job(host, unet, cn, init)
+    loops = []
+    try:
+        for _ in range(3):
+            result = fake_host.process_images(p)
+            loops.append((result.latents, p.init_images[0], p.seed))
+            p.init_images = [result.images[0]]
+            p.seed += 1
+    finally:
+        p.close()
+    assert fake_host.HOOK_ERRORS == []
+    for n, (latents, image, seed) in enumerate(loops):
+        fresh = loopback_job(host, unet, cn, image)
+        fresh.seed = seed
+        assert torch.equal(fake_host.run_job(fresh).latents, latents), f"loop {n + 1}"
+    from instantid_ext.webui.job import _OPEN
+
+    assert list(_OPEN) == []
+    assert no_hooks(unet)
+
+
+# -- X/Y/Z plot: a cell that fails ------------------------------------------------------------------
+def test_a_failing_xyz_cell_leaves_nothing(host, unet, cn, with_identitynet, monkeypatch) -> None:
+    """X/Y/Z runs each cell as ``process_images(copy(p))`` and never closes the copy; when a cell
+    raises, the whole plot stops, and only the outer ``p`` (which ran no job) is closed."""
+    outer = job(host, unet, enabled(control_weight=0.8), cn=cn, width=64, height=64)
+    build = type(cn.Script()).__dict__["build_control_model"]
+    models = dict(cn.global_state.cn_models)
+
+    def out_of_memory(self, x):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(fake_host.Processing, "_sample_pass", out_of_memory)
+    cell = copy(outer)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fake_host.process_images(cell)
+    outer.close()
+    from instantid_ext.webui.job import _OPEN
+
+    assert list(_OPEN) == []
+    assert type(cn.Script()).__dict__["build_control_model"] is build
+    assert cn.global_state.cn_models == models
+    assert outer.scripts.alwayson_scripts[0].latest_network is None
+    assert "_original_forward" not in vars(unet)
+    assert fake_host.CALLBACKS.get("cfg_denoiser", []) == []
