@@ -1,19 +1,21 @@
 """Decoupled cross-attention for the WebUI's SDXL UNet, through removable forward hooks.
 
 For every attn2 layer the reference computes
-``to_out(softmax(Q K_txtᵀ/√d) V_txt + scale · softmax(Q K_ipᵀ/√d) V_ip)``. ``to_out`` is
-affine (its dropout is off at inference), so the IP term can be added *after* the layer:
-``out + scale · W_out · (softmax(Q K_ipᵀ/√d) V_ip)``. We do exactly that from a forward hook
-on each attn2 module. Hooks run in ``Module.__call__``, so the patch works under every
-attention optimisation the WebUI installs (they replace ``CrossAttention.forward`` on the
-class) and under ControlNet's per-instance ``forward`` swap, and ``remove()`` leaves the
-UNet exactly as it was.
+``to_out(softmax(Q K_txtᵀ/√d) V_txt + scale · softmax(Q K_ipᵀ/√d) V_ip)``. We add the IP term
+to the input of the layer's output projection, from a forward pre-hook on ``to_out[0]``, so the
+projection runs once, exactly as the host runs it: with a LoRA merged into its weight when the
+layer first runs, a LoRA added to its output (``lora_functional``), or its weight stored in fp8.
+Hooks run in ``Module.__call__``, so the patch works under every attention optimisation the
+WebUI installs (they replace ``CrossAttention.forward`` on the class and call ``self.to_out``)
+and under ControlNet's per-instance ``forward`` swap, and ``remove()`` leaves the UNet exactly
+as it was.
 
-Lean per step: the face tokens do not change during a generation, so each layer's keys
-(with the 1/√d scale folded in) and ``scale · V_ip · W_outᵀ`` per head are computed once.
-A hook then costs a small matmul for the 16-key scores, a softmax over 16 values and one
-fused multiply-add into the layer output. The query is captured from ``to_q``'s own call
-(a hook on it), so it is not recomputed.
+Lean per step: the face tokens do not change during a generation, so each layer's keys (with
+the 1/√d scale folded in) and ``scale · V_ip`` per head are computed once. A layer then costs a
+small matmul for the 16-key scores, a softmax over 16 values, one matmul against the 16 values
+per head and an addition. The query is captured from ``to_q``'s own call (a hook on it), so it
+is not recomputed; the layer's input is kept as well, for a host that computes the query
+another way.
 
 Which rows of a UNet batch are conditional is decided per UNet call by a
 :class:`RowRouter` (a forward pre-hook on the UNet), fed by the host once per denoiser call.
@@ -21,8 +23,8 @@ Which rows of a UNet batch are conditional is decided per UNet call by a
 Several people (:class:`MultiIPAttentionPatch`): each identity r brings its own 16 tokens,
 weight and region mask. The keys of all identities are stacked (``[heads, d, 16·k]``), so one
 matmul scores every query against every identity; the softmax runs per 16-token block, each
-block is multiplied by its identity's region mask on the layer's token grid, and one
-``baddbmm`` against the stacked folded values (``scale_r · V_r · W_outᵀ``) adds the term. A
+block is multiplied by its identity's region mask on the layer's token grid, and one matmul
+against the stacked values (``scale_r · V_r`` per head) gives the term. A
 query inside region r thus attends to identity r's tokens only, with r's weight; a query
 outside every region gets no face term. One identity takes exactly the single-person path.
 """
@@ -137,7 +139,7 @@ class _LayerCache:
     """Per-layer tensors precomputed once per generation for one (device, dtype)."""
 
     keys: torch.Tensor  # [2, heads, d, 16·k]: K_ipᵀ/√d for uncond (0) and cond (1), k identities
-    values: torch.Tensor  # [2, heads*16·k, C]: scale_r · V_ip,h · W_out,hᵀ stacked over heads
+    values: torch.Tensor  # [2, heads, 16·k, d]: scale_r · V_ip per head
 
 
 @dataclass
@@ -145,17 +147,19 @@ class _LayerHook:
     layer: Attn2Layer
     heads: int
     query: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+    """The layer's input in the current call (the query's source when ``to_q`` was not called)."""
 
 
 PrecomputedKV = dict[tuple[int, torch.device, torch.dtype], _LayerCache]
 """(layer, device, dtype) → that layer's face keys/values; reusable by patches that share the
-adapter, the tokens, the scale and the UNet's weights (the batches of one job)."""
+adapter, the tokens and the scale (the batches of one job); the UNet's own weights are not in them."""
 
 
-def _out_weight(attn: nn.Module) -> torch.Tensor:
+def _out_projection(attn: nn.Module) -> nn.Module:
+    """The linear part of the layer's ``to_out`` (``Sequential(Linear, Dropout)`` in sgm)."""
     to_out = attn.to_out
-    linear = to_out[0] if isinstance(to_out, (nn.Sequential, nn.ModuleList)) else to_out
-    return linear.weight
+    return to_out[0] if isinstance(to_out, (nn.Sequential, nn.ModuleList)) else to_out
 
 
 def region_probs(
@@ -317,8 +321,9 @@ class IPAttentionPatch:
         self._handles.append(self.unet.register_forward_pre_hook(self.router.unet_pre_hook, with_kwargs=True))
         for hook in self._layers:
             attn = hook.layer.module
+            self._handles.append(attn.register_forward_pre_hook(self._capture_input(hook)))
             self._handles.append(attn.to_q.register_forward_hook(self._capture_query(hook)))
-            self._handles.append(attn.register_forward_hook(self._add_ip_term(hook)))
+            self._handles.append(_out_projection(attn).register_forward_pre_hook(self._add_ip_term(hook)))
         logger.info(
             "InstantID attention hooks installed on %d layers (%d identit%s)",
             len(self._layers),
@@ -337,7 +342,7 @@ class IPAttentionPatch:
         for handle in handles:
             handle.remove()
         for hook in self._layers:
-            hook.query = None
+            hook.query = hook.x = None
         if self._owns_kv:
             self._kv.clear()
         self._mask_cache.clear()
@@ -373,6 +378,12 @@ class IPAttentionPatch:
         """Whether the face tokens apply at the router's current sampling progress."""
         return self._enabled and self.start <= self.router.progress <= self.end
 
+    def _capture_input(self, hook: _LayerHook):
+        def capture(module: nn.Module, args: tuple) -> None:
+            hook.x = args[0] if self.active and args else None
+
+        return capture
+
     def _capture_query(self, hook: _LayerHook):
         def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             hook.query = output if self.active else None
@@ -380,38 +391,44 @@ class IPAttentionPatch:
         return capture
 
     def _add_ip_term(self, hook: _LayerHook):
-        def add(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        def add(module: nn.Module, args: tuple) -> tuple | None:
             query, hook.query = hook.query, None
-            if not self.active or not isinstance(output, torch.Tensor):
+            x, hook.x = hook.x, None
+            if not self.active or not args or not isinstance(args[0], torch.Tensor):
                 return None
-            if query is None or query.shape[:2] != output.shape[:2]:
-                query = module.to_q(args[0])
-            return self._apply(hook, query, output)
+            hidden = args[0]
+            if query is None or query.shape[:2] != hidden.shape[:2]:
+                if x is None:
+                    return None
+                query = hook.layer.module.to_q(x)
+            return (self._apply(hook, query, hidden), *args[1:])
 
         return add
 
-    def _apply(self, hook: _LayerHook, query: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        batch, seq, width = output.shape
-        key = (hook.layer.ip_index, output.device, output.dtype)
+    def _apply(self, hook: _LayerHook, query: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` (the text attention, ``[B, S, C]``, before ``to_out``) plus the IP term."""
+        batch, seq, width = hidden.shape
+        key = (hook.layer.ip_index, hidden.device, hidden.dtype)
         cache = self._kv.get(key)
         if cache is None:
-            self._precompute(output.device, output.dtype)
+            self._precompute(hidden.device, hidden.dtype)
             cache = self._kv[key]
         keys, values = self._select_rows(cache, batch)
         heads = hook.heads
         count = len(self._scales)
         # [B, S, heads*d] -> [B, heads, S, d] @ [B, heads, d, 16k] -> scores [B, heads, S, 16k]
-        q = query.to(output.dtype).view(batch, seq, heads, width // heads).transpose(1, 2)
+        q = query.to(hidden.dtype).view(batch, seq, heads, width // heads).transpose(1, 2)
         scores = torch.matmul(q, keys)
         if count == 1:
-            probs = scores.softmax(dim=-1, dtype=torch.float32).to(output.dtype)
-            probs = probs.transpose(1, 2).reshape(batch, seq, heads * NUM_FACE_TOKENS)  # [B, S, heads*16]
+            probs = scores.softmax(dim=-1, dtype=torch.float32).to(hidden.dtype)
             if self._masks is not None:
-                probs = probs * self._token_mask(seq, output.device, output.dtype)
+                probs = probs * self._token_mask(seq, hidden.device, hidden.dtype).view(1, 1, seq, 1)
         else:
             blocks = scores.view(batch, heads, seq, count, NUM_FACE_TOKENS)
-            probs = region_probs(blocks, self._token_mask(seq, output.device, output.dtype), output.dtype)
-        return torch.baddbmm(output, probs, values)  # out + probs @ (scale · V W_outᵀ)
+            weights = self._token_mask(seq, hidden.device, hidden.dtype)
+            probs = region_probs(blocks, weights, hidden.dtype, heads_first=True)
+        face = torch.matmul(probs, values)  # [B, heads, S, 16k] @ [B, heads, 16k, d] -> [B, heads, S, d]
+        return hidden + face.transpose(1, 2).reshape(batch, seq, width)
 
     def _select_rows(self, cache: _LayerCache, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         router = self.router
@@ -420,13 +437,13 @@ class IPAttentionPatch:
             kind = COND if flags is None or flags.shape[0] != batch else router.uniform
             return (
                 cache.keys[kind].expand(batch, -1, -1, -1),
-                cache.values[kind].expand(batch, -1, -1),
+                cache.values[kind].expand(batch, -1, -1, -1),
             )
         return cache.keys.index_select(0, flags), cache.values.index_select(0, flags)
 
     @torch.no_grad()
     def _precompute(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Face keys and folded values of every layer for this generation (float32 math)."""
+        """Face keys and scaled values of every layer for this generation (float32 math)."""
         with self._lock:
             tokens = self._tokens.to(device=device, dtype=torch.float32)  # [2, 16·k, 2048]
             n_tokens = tokens.shape[1]
@@ -444,20 +461,16 @@ class IPAttentionPatch:
                 width = keys.shape[-1]
                 d = width // heads
                 keys = keys.view(2, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
-                w_out = _out_weight(hook.layer.module).to(device=device, dtype=torch.float32)
-                w_heads = w_out.view(width, heads, d).permute(1, 2, 0)  # [heads, d, C]
-                vals = vals.view(2, n_tokens, heads, d).transpose(1, 2)  # [2, heads, 16k, d]
-                folded = torch.matmul(vals, w_heads) * scale  # [2, heads, 16k, C]
+                vals = vals.view(2, n_tokens, heads, d).transpose(1, 2) * scale  # [2, heads, 16k, d]
                 self._kv[(hook.layer.ip_index, device, dtype)] = _LayerCache(
-                    keys=keys.to(dtype).contiguous(),
-                    values=folded.reshape(2, heads * n_tokens, width).to(dtype).contiguous(),
+                    keys=keys.to(dtype).contiguous(), values=vals.to(dtype).contiguous()
                 )
 
     def _token_mask(self, seq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The region masks resized (nearest) to this layer's token grid.
 
-        ``[1, S, 1]`` for one identity (it multiplies ``[B, S, heads·16]``); ``[1, S, 1, k, 1]``
-        for k identities (it multiplies ``[B, S, heads, k, 16]``, one region per 16-block).
+        ``[1, S, 1]`` for one identity; ``[1, S, 1, k, 1]`` for k identities (one region per
+        16-block of :func:`region_probs`).
         """
         key = (seq, self.router.latent_size, device, dtype)
         cached = self._mask_cache.get(key)

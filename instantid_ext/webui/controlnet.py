@@ -703,7 +703,7 @@ class ControlNetBridge:
                     if value is not missing:
                         setattr(script, name, value)
                 if outer_params is not None and getattr(outer, "control_params", None) is None:
-                    separate, style_align = _batch_options(script)
+                    separate, style_align = _batch_options(script, self._ec)
                     outer.hook(
                         model=host_unet(p),
                         sd_ldm=p.sd_model,
@@ -798,12 +798,16 @@ def host_unet(p: Any) -> Any:
     return p.sd_model.model.diffusion_model
 
 
-def _batch_options(script: Any) -> tuple[bool, bool]:
+SEPARATE_BATCH_OPTION = "Each ControlNet unit for each image in a batch"
+"""``BatchOption.SEPARATE.value`` (``scripts.enums`` from 1.1.448, ``external_code`` before)."""
+
+
+def _batch_options(script: Any, external_code: Any = None) -> tuple[bool, bool]:
     """ControlNet's "unit separate" and "style align" batch options, as its process reads them."""
     state = getattr(script, "ui_batch_option_state", None) or ["", False]
-    enums = sys.modules.get("scripts.enums")
-    option = getattr(enums, "BatchOption", None)
-    separate_value = getattr(getattr(option, "SEPARATE", None), "value", "separate")
+    option = getattr(sys.modules.get("scripts.enums"), "BatchOption", None)
+    option = option or getattr(external_code, "BatchOption", None)
+    separate_value = getattr(getattr(option, "SEPARATE", None), "value", SEPARATE_BATCH_OPTION)
     return state[0] == separate_value, bool(state[1])
 
 

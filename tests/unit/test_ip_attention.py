@@ -386,3 +386,68 @@ def test_router_defaults_to_cond_outside_layout() -> None:
     assert router.flags.tolist() == [1, 0]
     router.route(2, torch.device("cpu"))  # an extra call beyond the declared rows
     assert router.flags.tolist() == [1, 1]
+
+
+# -- the output projection as the host runs it (LoRA) --------------------------------------------------
+def lora_deltas(unet: nn.Module, seed: int = 21) -> dict[nn.Linear, torch.Tensor]:
+    """A random low-rank delta for every attn2 output projection (a LoRA on ``to_out``)."""
+    g = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for layer in sdxl_attn2_layers(unet):
+        linear = layer.module.to_out[0]
+        down = torch.randn(4, linear.in_features, generator=g) * 0.05
+        up = torch.randn(linear.out_features, 4, generator=g) * 0.05
+        deltas[linear] = up @ down
+    return deltas
+
+
+def merged_at_first_forward(monkeypatch, deltas: dict[nn.Linear, torch.Tensor]) -> None:
+    """The WebUI's Lora extension: ``Linear.forward`` merges the delta into the weight, in place,
+    the first time each layer runs (``network_apply_weights``)."""
+    forward = nn.Linear.forward
+    pending = dict(deltas)
+
+    def network_linear_forward(self, x):
+        delta = pending.pop(self, None)
+        if delta is not None:
+            with torch.no_grad():
+                self.weight += delta
+        return forward(self, x)
+
+    monkeypatch.setattr(nn.Linear, "forward", network_linear_forward)
+
+
+def functional(monkeypatch, deltas: dict[nn.Linear, torch.Tensor]) -> None:
+    """``lora_functional``: the weight stays; the delta's output is added to the layer's."""
+    forward = nn.Linear.forward
+
+    def network_linear_forward(self, x):
+        out = forward(self, x)
+        delta = deltas.get(self)
+        return out if delta is None else out + x @ delta.T
+
+    monkeypatch.setattr(nn.Linear, "forward", network_linear_forward)
+
+
+@pytest.mark.parametrize("mode", ["merged at first forward", "functional"])
+def test_the_face_term_goes_through_the_output_projection_as_it_runs(
+    unet, adapter, monkeypatch, mode
+) -> None:
+    """With a LoRA on the output projections, the face attention passes through each projection
+    as the layer runs it; the same as the UNet with the LoRA merged beforehand."""
+    cond, uncond = face_tokens(adapter)
+    inputs = unet_inputs(2, seed=12)
+    reference = copy.deepcopy(unet)
+    with torch.no_grad():
+        for linear, delta in lora_deltas(reference).items():
+            linear.weight += delta
+    with IPAttentionPatch(reference, adapter, cond, uncond, scale=SCALE) as patch:
+        patch.router.begin_step(n_cond=1, n_total=2)
+        expected = call(reference, inputs)
+    hosted = copy.deepcopy(unet)
+    deltas = lora_deltas(hosted)
+    (merged_at_first_forward if mode != "functional" else functional)(monkeypatch, deltas)
+    with IPAttentionPatch(hosted, adapter, cond, uncond, scale=SCALE) as patch:
+        patch.router.begin_step(n_cond=1, n_total=2)
+        got = call(hosted, inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

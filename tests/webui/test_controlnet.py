@@ -606,3 +606,24 @@ def test_closing_the_job_undoes_everything_and_is_idempotent(cn, bridge, wired):
     assert handle.model_key not in cn.global_state.cn_models
     p.job.close()
     assert p.script_args[handle.slot] is original
+
+
+def test_batch_options_are_read_where_each_controlnet_version_keeps_them(monkeypatch) -> None:
+    """``BatchOption`` lives in ``external_code`` up to 1.1.447 and in ``scripts.enums`` from 1.1.448."""
+    import enum
+    import sys
+    import types
+
+    from instantid_ext.webui.controlnet import _batch_options
+
+    class BatchOption(enum.Enum):
+        DEFAULT = "All ControlNet units for all images in a batch"
+        SEPARATE = "Each ControlNet unit for each image in a batch"
+
+    script = types.SimpleNamespace(ui_batch_option_state=[BatchOption.SEPARATE.value, True])
+    monkeypatch.delitem(sys.modules, "scripts.enums", raising=False)
+    assert _batch_options(script, types.SimpleNamespace(BatchOption=BatchOption)) == (True, True)
+    assert _batch_options(script, None) == (True, True)
+    monkeypatch.setitem(sys.modules, "scripts.enums", types.SimpleNamespace(BatchOption=BatchOption))
+    script.ui_batch_option_state = [BatchOption.DEFAULT.value, False]
+    assert _batch_options(script, None) == (False, False)
