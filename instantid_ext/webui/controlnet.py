@@ -681,7 +681,9 @@ class ControlNetBridge:
         it; a nested generation's ``process`` unhooks the outer job and replaces that state.
         Afterwards the nested network is unhooked, the outer job's units, detected maps and
         post-processors are put back and, if the outer job was hooked, it is hooked again with
-        its own parameters, so the outer job's next batch samples as before.
+        its own parameters, so the outer job's next batch samples as before. The user's
+        IP-Adapter and ControlLLLite units, which ControlNet hooks outside its network and the
+        nested job cleared, are hooked back as they were.
         """
         script = self._ec.find_cn_script(getattr(p, "scripts", None))
         if script is None:
@@ -692,6 +694,7 @@ class ControlNetBridge:
         saved = {name: getattr(script, name, missing) for name in names}
         outer = saved["latest_network"]
         outer_params = getattr(outer, "control_params", None) if outer not in (None, missing) else None
+        secondary = _saved_secondary_models()
         try:
             yield
         finally:
@@ -712,6 +715,8 @@ class ControlNetBridge:
                         batch_option_uint_separate=separate,
                         batch_option_style_align=style_align,
                     )
+                for restore in secondary:
+                    restore()
 
     def mark_hires_conds(self, p: Any) -> None:
         """Mark the hires-fix prompts as cond/uncond for ControlNet; call it from ``before_hr``.
@@ -796,6 +801,56 @@ def forget_marked_prompts(p: Any, names: tuple[str, ...] = PROMPT_CACHES + HIRES
 
 def host_unet(p: Any) -> Any:
     return p.sd_model.model.diffusion_model
+
+
+SECONDARY_MODELS = (
+    ("scripts.ipadapter.plugable_ipadapter", "all_hacks", "ipadapter_hacks"),
+    ("scripts.controlnet_lllite", "all_hack", "lllite_list"),
+)
+"""ControlNet's models hooked on the UNet's layers outside its network: the module, its table
+of hacked layers (layer -> the forward it replaced) and each layer's list of hacks."""
+
+
+def _saved_secondary_models() -> list[Callable[[], None]]:
+    """What IP-Adapter and ControlLLLite units have hooked on the UNet now, and how to put it back.
+
+    ControlNet's ``process`` and ``postprocess`` clear them (``clear_all_secondary_control_models``)
+    for every job, a nested one included; each returned function first undoes what is hooked
+    then, then re-installs each layer's hacked ``forward``, its hacks and the module's table.
+    """
+    restores: list[Callable[[], None]] = []
+    for module_name, table_name, hacks_name in SECONDARY_MODELS:
+        module = sys.modules.get(module_name)
+        table = getattr(module, table_name, None)
+        if not isinstance(table, dict):
+            continue
+        layers = {
+            layer: (vars(layer).get("forward"), list(getattr(layer, hacks_name, []))) for layer in table
+        }
+        saved_table = dict(table)
+        extra = {name: getattr(module, name) for name in ("current_model",) if hasattr(module, name)}
+
+        def restore(
+            module=module,
+            table_name=table_name,
+            hacks_name=hacks_name,
+            layers=layers,
+            saved_table=saved_table,
+            extra=extra,
+        ) -> None:
+            for layer, forward in list(getattr(module, table_name, {}).items()):
+                layer.forward = forward
+                setattr(layer, hacks_name, [])
+            for layer, (forward, hacks) in layers.items():
+                if forward is not None:
+                    layer.forward = forward
+                setattr(layer, hacks_name, hacks)
+            setattr(module, table_name, dict(saved_table))
+            for name, value in extra.items():
+                setattr(module, name, value)
+
+        restores.append(restore)
+    return restores
 
 
 SEPARATE_BATCH_OPTION = "Each ControlNet unit for each image in a batch"

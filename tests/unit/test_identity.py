@@ -72,3 +72,37 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
         load_identity(bad)
     with pytest.raises(InvalidInputError, match="512-d"):
         save_identity(Identity(embedding=np.zeros(3, np.float32)), tmp_path / "x.safetensors")
+
+
+def test_two_saves_of_one_name_at_once_both_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI and the API may save the same identity at the same moment: each writes its own
+    temporary file, and the last one to finish is the identity."""
+    import threading
+
+    import safetensors.numpy
+
+    both_written = threading.Barrier(2, timeout=10)
+    real_save = safetensors.numpy.save_file
+
+    def save_then_wait(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        both_written.wait()  # neither moves its file into place before the other has written
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", save_then_wait)
+    errors: list[BaseException] = []
+
+    def save(seed: int) -> None:
+        try:
+            identity = Identity.from_faces([face(seed)], [(256, 256)], name="ada")
+            save_identity(identity, tmp_path / "ada.safetensors")
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=save, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert load_identity(tmp_path / "ada.safetensors").name == "ada"
+    assert [p.name for p in tmp_path.iterdir()] == ["ada.safetensors"]

@@ -50,6 +50,7 @@ MODULE_NAMES = (
     "scripts.supported_preprocessor",
     "scripts.global_state",
     "scripts.ipadapter.ipadapter_model",
+    "scripts.ipadapter.plugable_ipadapter",
     "scripts.hook",
     "scripts.controlnet_model_guess",
     "scripts.infotext",
@@ -104,6 +105,55 @@ class RecordingControlModel(torch.nn.Module):
         b, _, h, w = x.shape
         sizes = [(h, w)] * 3 + [(h // 2, w // 2)] * 3 + [(h // 4, w // 4)] * 4
         return [torch.ones(b, 4, hh, ww) for hh, ww in sizes]
+
+
+def _plugable_ipadapter() -> types.ModuleType:
+    """``scripts.ipadapter.plugable_ipadapter``: an IP-Adapter unit replaces each attn2 layer's
+    ``forward`` on the instance (``hack_blk``), remembering the one it found in the module-level
+    ``all_hacks``; ``clear_all_ip_adapter`` puts them all back. Here the hacked forward adds each
+    unit's term to the layer's output."""
+    module = _module("scripts.ipadapter.plugable_ipadapter", all_hacks={}, current_model=None)
+
+    def attn_forward_hacked(self, x, context=None, **kwargs):
+        out = module.all_hacks[self](x, context=context, **kwargs)
+        for function in self.ipadapter_hacks:
+            out = out + function(self, x)
+        return out
+
+    def hack_blk(block, function, target_cls):
+        if not hasattr(block, "ipadapter_hacks"):
+            block.ipadapter_hacks = []
+        if len(block.ipadapter_hacks) == 0:
+            module.all_hacks[block] = block.forward
+            block.forward = attn_forward_hacked.__get__(block, target_cls)
+        block.ipadapter_hacks.append(function)
+
+    def clear_all_ip_adapter():
+        for block, forward in module.all_hacks.items():
+            block.forward = forward
+            block.ipadapter_hacks = []
+        module.all_hacks = {}
+        module.current_model = None
+
+    module.hack_blk, module.clear_all_ip_adapter = hack_blk, clear_all_ip_adapter
+    return module
+
+
+class PlugableIPAdapter(torch.nn.Module):
+    """An IP-Adapter unit's model: ``hook`` hacks every attn2 layer of the UNet."""
+
+    def __init__(self, name: str, plugable: types.ModuleType) -> None:
+        super().__init__()
+        self.name = name
+        self.plugable = plugable
+        self.image_emb = None
+
+    def hook(self, model, weight=1.0, **kwargs) -> None:
+        for module in model.modules():
+            to_k = getattr(module, "to_k", None)
+            if type(module).__name__ == "CrossAttention" and to_k is not None and to_k.in_features == 2048:
+                # attn2 (its keys come from the 2048-wide text context)
+                self.plugable.hack_blk(module, lambda attn, x, w=weight: 0.01 * w * x, type(module))
 
 
 class ControlModel(NamedTuple):
@@ -884,6 +934,11 @@ def _serialize(version: Version, unit: Any) -> str:
 # -- the ControlNet script -------------------------------------------------------------------
 def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
     ec, gs, hook, sp, enums = (m[k] for k in ("ec", "gs", "hook", "sp", "enums"))
+    ipadapter = m["ipadapter"]
+
+    def clear_all_secondary_control_models(unet) -> None:
+        ipadapter.clear_all_ip_adapter()
+
     Infotext = m["infotext"].Infotext
     ControlModelType = enums.ControlModelType
 
@@ -956,13 +1011,17 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                 raise ValueError(f"file not found: {path}")
             Script.loads.append(path)
             torch.randn(16)  # building the network initialises its layers from torch's generator
+            if "ip-adapter" in path.lower() or "ip_adapter" in path.lower():
+                return ControlModel(PlugableIPAdapter(model, ipadapter), ControlModelType.IPAdapter)
             is_iid = "instant_id" in path.lower()
             model_type = ControlModelType.InstantID if is_iid else ControlModelType.ControlNet
             return ControlModel(RecordingControlModel(model), model_type)
 
         def process(self, p, *args, **kwargs) -> None:
+            unet = getattr(getattr(getattr(p, "sd_model", None), "model", None), "diffusion_model", None)
             if self.latest_network is not None:
                 self.latest_network.restore()
+            clear_all_secondary_control_models(unet)
             self.enabled_units = Script.get_enabled_units(p)
             if not self.enabled_units:
                 self.latest_network = None
@@ -1044,12 +1103,15 @@ def _script_class(version: Version, m: dict[str, types.ModuleType]) -> type:
                         "InstantID control model should follow ipadapter model."
                     )
                     param.control_context_override = ip_param.control_model.image_emb
+            for param in forward_params:
+                if param.control_model_type == ControlModelType.IPAdapter:
+                    param.control_model.hook(model=unet, weight=param.weight)
             self.latest_network = hook.UnetHook()
             sd_model = getattr(p, "sd_model", None)
-            unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
             self.latest_network.hook(model=unet, sd_ldm=sd_model, control_params=forward_params, process=p)
 
         def postprocess(self, p, processed, *args) -> None:
+            clear_all_secondary_control_models(None)
             self.enabled_units.clear()
             if self.latest_network is None:
                 return
@@ -1158,6 +1220,7 @@ def build(version: Version = (1, 1, 455)) -> FakeControlNet:
     gs = _global_state()
     embed = _image_embed()
     hook = _hook(version, enums, embed)
+    plugable = _plugable_ipadapter()
     internal = _external_code(version, enums, sp, gs)
     # scripts/external_code.py is a star import of internal_controlnet.external_code.
     public = _module("scripts.external_code", **{k: v for k, v in vars(internal).items() if k[0] != "_"})
@@ -1168,6 +1231,7 @@ def build(version: Version = (1, 1, 455)) -> FakeControlNet:
             "scripts.ipadapter.ipadapter_model": _module(
                 "scripts.ipadapter.ipadapter_model", ImageEmbed=embed
             ),
+            "scripts.ipadapter.plugable_ipadapter": plugable,
             "scripts.hook": hook,
             "scripts.controlnet_model_guess": _module(
                 "scripts.controlnet_model_guess", ControlModel=ControlModel
@@ -1186,6 +1250,7 @@ def build(version: Version = (1, 1, 455)) -> FakeControlNet:
             "sp": sp,
             "enums": enums,
             "infotext": modules["scripts.infotext"],
+            "ipadapter": plugable,
         },
     )
     return FakeControlNet(version, modules, script)

@@ -210,3 +210,33 @@ def test_nested_arguments_take_the_pose_from_the_face_itself() -> None:
     assert nested.enabled and nested.identity == "ada" and nested.id_weight == 0.6
     assert nested.pose_source == "init_image" and nested.pose_rotate == 0
     assert not nested.face_pass and not nested.likeness and not nested.show_hint
+
+
+def test_a_users_ip_adapter_unit_stays_on_the_unet_after_a_face_pass(
+    host, unet, cn, with_identitynet, painting, tmp_path
+) -> None:
+    """ControlNet's nested ``process`` and ``postprocess`` clear its secondary models (IP-Adapter,
+    ControlLLLite) from the UNet; the outer generation's next batch must still have the user's."""
+    weights = tmp_path / "ip-adapter-plus_sdxl_vit-h.bin"
+    weights.write_bytes(b"user ip-adapter")
+    cn.global_state.cn_models["ip-adapter-plus_sdxl_vit-h [2f2e4a41]"] = str(weights)
+    picture, _ = small_face_picture()
+    p = outer_job(host, unet, cn, picture, face_pass=True, face_pass_resolution=256)
+    user_unit = cn.unit(
+        enabled=True, module="none", model="ip-adapter-plus_sdxl_vit-h [2f2e4a41]", image=np.asarray(picture)
+    )
+    p.script_args = (user_unit, *p.script_args[1:])
+    p.n_iter = 2
+    hacked: list[int] = []
+    inner = p.sample
+
+    def sample(*args, **kwargs):
+        hacked.append(sum(bool(getattr(m, "ipadapter_hacks", None)) for m in unet.modules()))
+        return inner(*args, **kwargs)
+
+    p.sample = sample
+    fake_host.run_job(p)
+    assert fake_host.HOOK_ERRORS == []
+    assert hacked[0] > 0
+    assert hacked == [hacked[0], hacked[0]]  # the second batch, after the face pass, too
+    assert not any(getattr(m, "ipadapter_hacks", None) for m in unet.modules())  # and gone after
