@@ -22,7 +22,7 @@ from PIL import Image
 
 from .errors import InvalidInputError
 from .identity import check_identity_name
-from .images import decode_image, encode_image_png_base64
+from .images import MAX_REFERENCE_IMAGES, decode_image, encode_image_png_base64
 from .keypoints import ResizeMode
 from .models import AUTO
 from .pose_presets import get_preset
@@ -101,6 +101,12 @@ def _image_list(value: object) -> object:
     if value is None:
         return []
     if isinstance(value, list | tuple):
+        if len(value) > MAX_REFERENCE_IMAGES:
+            msg = (
+                f"takes at most {MAX_REFERENCE_IMAGES} photos, got {len(value)}: a few clear photos of "
+                "the face give the identity; more add nothing"
+            )
+            raise ValueError(msg)
         return list(value)
     return [value]
 

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path, PurePath
 from typing import Literal
 
@@ -97,6 +98,8 @@ _EXIF_ORIENTATION = 0x0112
 #: Longest string we try as a file path; anything longer is base64.
 #: Largest image analysed, in pixels: far above any photo (a 50-MP image is ~150 MB as RGB).
 MAX_IMAGE_PIXELS = 50_000_000
+#: Most reference photos one argument takes (their embeddings are averaged; a few suffice).
+MAX_REFERENCE_IMAGES = 32
 _MAX_PATH_CHARS = 4096
 #: Gallery pairs, gradio dicts and file objects nest; real values never go deeper than this.
 _MAX_NESTING = 4
@@ -139,9 +142,32 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _too_large(what: str, size: tuple[int, int] | None) -> InvalidInputError:
+    shown = "" if size is None else f" ({size[0]}×{size[1]})"
+    msg = (
+        f"{what} is too large{shown}: the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels. "
+        "Scale it down; face analysis does not need more."
+    )
+    return InvalidInputError(msg)
+
+
 def _open_bytes(data: bytes, what: str) -> Image.Image:
     try:
-        opened = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise _too_large(what, None) from err
+    except _DECODE_ERRORS as err:
+        msg = (
+            f"{what} is not an image Pillow can read ({len(data)} bytes; {type(err).__name__}): "
+            "send a PNG, JPEG or WebP."
+        )
+        raise InvalidInputError(msg) from err
+    width, height = opened.size  # read from the header: nothing is decoded yet
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_large(what, (width, height))
+    try:
         opened.load()
         upright = _upright_rgb(opened)
         # A plain copy drops the decoder and its buffer, and compares equal to other images.

@@ -889,3 +889,26 @@ def test_several_people_are_validated_person_by_person() -> None:
         with pytest.raises(InvalidInputError) as info:
             InstantIDArgs.parse({"enabled": True, "people": people})
         assert str(info.value) == message
+
+
+def test_oversized_images_are_refused_from_their_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixel limit applies to every image argument before any pixel is decoded."""
+    from instantid_ext import images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100 * 100)
+    data = b64(Image.new("RGB", (101, 100)))
+    loaded: list[object] = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(self) or real_load(self))
+    with pytest.raises(
+        InvalidInputError, match=r"The base64 data is too large \(101×100\): the limit is 0 megapixels"
+    ):
+        decode_image(data)
+    assert loaded == []
+
+
+def test_too_many_reference_photos_are_refused_before_decoding() -> None:
+    from instantid_ext.images import MAX_REFERENCE_IMAGES
+
+    with pytest.raises(InvalidInputError, match=f"takes at most {MAX_REFERENCE_IMAGES} photos, got 40"):
+        InstantIDArgs.parse({"enabled": True, "images": ["not decoded"] * 40})
