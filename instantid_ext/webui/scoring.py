@@ -74,8 +74,11 @@ def _score_people(run: Run, p: Any, image: Image.Image, index: int) -> None:
             for person, cond in zip(run.args.people, people.conditionings, strict=True)
         ]
     parts = []
+    final = (
+        people.passes.get("hires") or people.passes["first"]
+    )  # the regions of the pass that made the image
     for number, (reference, mask) in enumerate(
-        zip(run.likeness_reference, people.passes["first"].masks, strict=True), start=1
+        zip(run.likeness_reference, final.masks, strict=True), start=1
     ):
         result = scorer.score(image, reference, label=f"output image {index + 1}")
         inside = mask_at(mask, image.size)
