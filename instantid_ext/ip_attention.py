@@ -13,9 +13,8 @@ as it was.
 Lean per step: the face tokens do not change during a generation, so each layer's keys (with
 the 1/√d scale folded in) and ``scale · V_ip`` per head are computed once. A layer then costs a
 small matmul for the 16-key scores, a softmax over 16 values, one matmul against the 16 values
-per head and an addition. The query is captured from ``to_q``'s own call (a hook on it), so it
-is not recomputed; the layer's input is kept as well, for a host that computes the query
-another way.
+per head and an addition: two hooks per layer. The query is captured from ``to_q``'s own call
+(a hook on it), so it is not recomputed.
 
 Which rows of a UNet batch are conditional is decided per UNet call by a
 :class:`RowRouter` (a forward pre-hook on the UNet), fed by the host once per denoiser call.
@@ -147,8 +146,6 @@ class _LayerHook:
     layer: Attn2Layer
     heads: int
     query: torch.Tensor | None = None
-    x: torch.Tensor | None = None
-    """The layer's input in the current call (the query's source when ``to_q`` was not called)."""
 
 
 PrecomputedKV = dict[tuple[int, torch.device, torch.dtype], _LayerCache]
@@ -301,6 +298,7 @@ class IPAttentionPatch:
             ]
         )
         self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self._warned_no_query = False
         self._owns_kv = precomputed is None
         self._kv: PrecomputedKV = {} if precomputed is None else precomputed
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -321,7 +319,6 @@ class IPAttentionPatch:
         self._handles.append(self.unet.register_forward_pre_hook(self.router.unet_pre_hook, with_kwargs=True))
         for hook in self._layers:
             attn = hook.layer.module
-            self._handles.append(attn.register_forward_pre_hook(self._capture_input(hook)))
             self._handles.append(attn.to_q.register_forward_hook(self._capture_query(hook)))
             self._handles.append(_out_projection(attn).register_forward_pre_hook(self._add_ip_term(hook)))
         logger.info(
@@ -342,7 +339,7 @@ class IPAttentionPatch:
         for handle in handles:
             handle.remove()
         for hook in self._layers:
-            hook.query = hook.x = None
+            hook.query = None
         if self._owns_kv:
             self._kv.clear()
         self._mask_cache.clear()
@@ -378,12 +375,6 @@ class IPAttentionPatch:
         """Whether the face tokens apply at the router's current sampling progress."""
         return self._enabled and self.start <= self.router.progress <= self.end
 
-    def _capture_input(self, hook: _LayerHook):
-        def capture(module: nn.Module, args: tuple) -> None:
-            hook.x = args[0] if self.active and args else None
-
-        return capture
-
     def _capture_query(self, hook: _LayerHook):
         def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             hook.query = output if self.active else None
@@ -393,17 +384,24 @@ class IPAttentionPatch:
     def _add_ip_term(self, hook: _LayerHook):
         def add(module: nn.Module, args: tuple) -> tuple | None:
             query, hook.query = hook.query, None
-            x, hook.x = hook.x, None
             if not self.active or not args or not isinstance(args[0], torch.Tensor):
                 return None
             hidden = args[0]
             if query is None or query.shape[:2] != hidden.shape[:2]:
-                if x is None:
-                    return None
-                query = hook.layer.module.to_q(x)
+                self._warn_no_query(hook)
+                return None
             return (self._apply(hook, query, hidden), *args[1:])
 
         return add
+
+    def _warn_no_query(self, hook: _LayerHook) -> None:
+        if not self._warned_no_query:
+            self._warned_no_query = True
+            logger.warning(
+                "%s computed its attention without calling to_q, so the face tokens skip it (and any "
+                "other such layer); report which attention optimisation or extension is active.",
+                hook.layer.name,
+            )
 
     def _apply(self, hook: _LayerHook, query: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` (the text attention, ``[B, S, C]``, before ``to_out``) plus the IP term."""

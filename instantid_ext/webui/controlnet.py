@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -829,28 +830,27 @@ def _saved_secondary_models() -> list[Callable[[], None]]:
         }
         saved_table = dict(table)
         extra = {name: getattr(module, name) for name in ("current_model",) if hasattr(module, name)}
-
-        def restore(
-            module=module,
-            table_name=table_name,
-            hacks_name=hacks_name,
-            layers=layers,
-            saved_table=saved_table,
-            extra=extra,
-        ) -> None:
-            for layer, forward in list(getattr(module, table_name, {}).items()):
-                layer.forward = forward
-                setattr(layer, hacks_name, [])
-            for layer, (forward, hacks) in layers.items():
-                if forward is not None:
-                    layer.forward = forward
-                setattr(layer, hacks_name, hacks)
-            setattr(module, table_name, dict(saved_table))
-            for name, value in extra.items():
-                setattr(module, name, value)
-
-        restores.append(restore)
+        hooked = functools.partial(_rehook, module, table_name, hacks_name, layers, saved_table, extra)
+        restores.append(hooked)
     return restores
+
+
+def _rehook(
+    module: Any, table_name: str, hacks_name: str, layers: dict[Any, tuple], table: dict, extra: dict
+) -> None:
+    """Undo the secondary hooks there now, then put back ``layers`` (layer -> its hacked forward
+    and hacks, as :func:`_saved_secondary_models` found them), the module's ``table`` (layer ->
+    the forward it replaced) and its other state."""
+    for layer, forward in list(getattr(module, table_name, {}).items()):
+        layer.forward = forward
+        setattr(layer, hacks_name, [])
+    for layer, (forward, hacks) in layers.items():
+        if forward is not None:
+            layer.forward = forward
+        setattr(layer, hacks_name, hacks)
+    setattr(module, table_name, dict(table))
+    for name, value in extra.items():
+        setattr(module, name, value)
 
 
 SEPARATE_BATCH_OPTION = "Each ControlNet unit for each image in a batch"

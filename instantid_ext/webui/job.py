@@ -116,10 +116,16 @@ class Job:
             self.failure = error
 
 
+def _open_job_on(p: Any) -> Job | None:
+    """The open job whose attribute ``p`` carries: its own, or that of the ``p`` it was copied from."""
+    job = getattr(p, JOB_ATTR, None)
+    return job if isinstance(job, Job) and not job.closed else None
+
+
 def job_of(p: Any) -> Job | None:
     """The open job of this very ``p``; None for a copy of it (``copy(p)`` keeps the attribute)."""
-    job = getattr(p, JOB_ATTR, None)
-    return job if isinstance(job, Job) and not job.closed and job.p is p else None
+    job = _open_job_on(p)
+    return job if job is not None and job.p is p else None
 
 
 def is_copy_of_running_job(p: Any) -> bool:
@@ -130,8 +136,8 @@ def is_copy_of_running_job(p: Any) -> bool:
     them (so that ControlNet hooks it again for the next batch). Those calls belong to the
     original generation: they must neither close its job nor open a second one.
     """
-    job = getattr(p, JOB_ATTR, None)
-    return isinstance(job, Job) and not job.closed and job.p is not None and job.p is not p
+    job = _open_job_on(p)
+    return job is not None and job.p is not None and job.p is not p
 
 
 def close_all() -> int:

@@ -424,10 +424,14 @@ def _forget_marked_prompts(p: Any) -> None:
     forget_marked_prompts(p)
 
 
-def _finish_failed_job(p: Any) -> None:
+def _undo_failed_job(run: Run, p: Any) -> None:
+    """What ControlNet set up for a job that did not reach ``postprocess``, then the job itself."""
     from .controlnet import finish_failed_job
 
-    finish_failed_job(p)
+    try:
+        finish_failed_job(p)
+    finally:
+        run.close()
 
 
 def _controlnet_bridge() -> Any:
@@ -588,10 +592,7 @@ def _wrap_sampling(run: Run, p: Any) -> None:
         except BaseException:
             # The generation fails. The WebUI closes p after it (and we undo the job then), but an
             # X/Y/Z plot cell is a copy of p that nothing closes: undo it now; closing is idempotent.
-            try:
-                _finish_failed_job(p)
-            finally:
-                current.close()
+            _undo_failed_job(current, p)
             raise
 
     run.replace_method(p, "sample", sample_with_instantid)
@@ -612,10 +613,7 @@ def _close_with(run: Run, p: Any) -> None:
         try:
             return close(*args, **kwargs)
         finally:
-            try:
-                _finish_failed_job(p)
-            finally:
-                run.close()
+            _undo_failed_job(run, p)
 
     run.replace_method(p, "close", close_and_undo)
 

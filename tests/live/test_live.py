@@ -28,6 +28,7 @@ from tests.live.client import (
     call,
     decode,
     face_photo_b64,
+    generation,
     photo_with_face,
     png_b64,
 )
@@ -63,21 +64,9 @@ def sdxl_base_loaded() -> None:
 
 
 def txt2img(instantid: dict | None = None, **overrides: Any) -> tuple[int, Any]:
-    body = {
-        "prompt": "a portrait photo, watercolor",
-        "negative_prompt": "blurry",
-        "width": SIZE,
-        "height": SIZE,
-        "steps": STEPS,
-        "cfg_scale": 4,
-        "sampler_name": "Euler",
-        "seed": 1234,
-        "save_images": False,
-        **overrides,
-    }
-    if instantid is not None:
-        body["alwayson_scripts"] = {"InstantID": {"args": [instantid]}}
-    return call("POST", "/sdapi/v1/txt2img", body)
+    return call(
+        "POST", "/sdapi/v1/txt2img", generation("a portrait photo, watercolor", 1234, instantid, **overrides)
+    )
 
 
 def test_status_lists_models_and_controlnet() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.live.client import LIVE, SIZE, STEPS, call, face_photo_b64, png_b64
+from tests.live.client import LIVE, SIZE, STEPS, call, face_photo_b64, generation, png_b64
 
 pytestmark = LIVE
 SEED = 21
@@ -47,23 +47,10 @@ def left_face_mask_b64() -> str:
 
 
 def request(tab: str, instantid: Any = None, **settings: Any) -> tuple[int, Any]:
-    body: dict[str, Any] = {
-        "prompt": "a portrait photo",
-        "negative_prompt": "blurry",
-        "width": SIZE,
-        "height": SIZE,
-        "steps": STEPS,
-        "cfg_scale": 4,
-        "sampler_name": "Euler",
-        "seed": SEED,
-        "save_images": False,
-        **settings,
-    }
+    body = generation("a portrait photo", SEED, instantid, **settings)
     if tab == "img2img":
         body.setdefault("init_images", [two_faces_b64()])
         body.setdefault("denoising_strength", 0.5)
-    if instantid is not None:
-        body.setdefault("alwayson_scripts", {})["InstantID"] = {"args": [instantid]}
     return call("POST", f"/sdapi/v1/{tab}", body)
 
 
