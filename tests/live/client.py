@@ -44,17 +44,18 @@ def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             return err.code, payload.decode(errors="replace")
 
 
-def generation(prompt: str, seed: int, instantid: Any = None, **settings: Any) -> dict[str, Any]:
-    """A small, fast txt2img/img2img request body (SIZE², STEPS steps), with InstantID's argument."""
+def generation(instantid: Any = None, **settings: Any) -> dict[str, Any]:
+    """A small, fast txt2img/img2img request body (SIZE², STEPS steps), with InstantID's argument;
+    ``settings`` (prompt and seed included) override the defaults."""
     body: dict[str, Any] = {
-        "prompt": prompt,
+        "prompt": "a portrait photo",
         "negative_prompt": "blurry",
         "width": SIZE,
         "height": SIZE,
         "steps": STEPS,
         "cfg_scale": 4,
         "sampler_name": "Euler",
-        "seed": seed,
+        "seed": -1,
         "save_images": False,
         **settings,
     }

@@ -64,9 +64,8 @@ def sdxl_base_loaded() -> None:
 
 
 def txt2img(instantid: dict | None = None, **overrides: Any) -> tuple[int, Any]:
-    return call(
-        "POST", "/sdapi/v1/txt2img", generation("a portrait photo, watercolor", 1234, instantid, **overrides)
-    )
+    settings = {"prompt": "a portrait photo, watercolor", "seed": 1234, **overrides}
+    return call("POST", "/sdapi/v1/txt2img", generation(instantid, **settings))
 
 
 def test_status_lists_models_and_controlnet() -> None:

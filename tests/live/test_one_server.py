@@ -47,7 +47,7 @@ def left_face_mask_b64() -> str:
 
 
 def request(tab: str, instantid: Any = None, **settings: Any) -> tuple[int, Any]:
-    body = generation("a portrait photo", SEED, instantid, **settings)
+    body = generation(instantid, **{"seed": SEED, **settings})
     if tab == "img2img":
         body.setdefault("init_images", [two_faces_b64()])
         body.setdefault("denoising_strength", 0.5)
