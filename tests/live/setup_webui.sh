@@ -34,6 +34,10 @@
 #                             installed into the WebUI's environment; default diffusers==0.31.0)
 #   INSTANTID_LIVE_SEED       seed of the random-weight models (default 1234)
 #   INSTANTID_LIVE_EXT_MODE   'link' (default) or 'copy': how this checkout goes into extensions/
+#   INSTANTID_LIVE_NEIGHBOURS '1' (default): the extensions a real user runs beside InstantID —
+#                             ADetailer (Bing-su/adetailer, ADETAILER_REPO replaces its URL) with
+#                             mediapipe's face detector; '0' leaves them out. The models step also
+#                             writes a LoRA (models/Lora) and a small ordinary SDXL ControlNet.
 # The WebUI pins setuptools==69.5.1; torch 2.13 and newer need setuptools>=77, so when pip reports
 # that conflict the pin is relaxed to 'setuptools>=69.5.1,<81' (81 drops pkg_resources, which
 # the WebUI's dependencies import). Stop the server with Ctrl+C or by killing the run.sh process.
@@ -52,6 +56,7 @@ URL_TEMPLATE=${INSTANTID_LIVE_GIT_URL:-$GITHUB_TEMPLATE}
 # torch and torchvision must come as a pair built for each other (see INSTANTID_LIVE_TORCH above).
 TORCH_SPEC=${INSTANTID_LIVE_TORCH:-torch==2.14.1 torchvision==0.29.1}
 DIFFUSERS_SPEC=${INSTANTID_LIVE_DIFFUSERS:-diffusers==0.31.0}
+NEIGHBOURS=${INSTANTID_LIVE_NEIGHBOURS:-1}
 if [[ -z ${PYTHON:-} ]]; then
     PYTHON=$(command -v python3.11 || command -v python3.10 || command -v python3)
 fi
@@ -129,6 +134,14 @@ checkout "$(url_for salesforce/BLIP "${BLIP_REPO:-}")" \
     48211a1594f1321b00f14c9f7a5b4813144b2fb9 "$WEBUI/repositories/BLIP"
 checkout "$(url_for Mikubill/sd-webui-controlnet "${CONTROLNET_REPO:-}")" \
     56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81 "$WEBUI/extensions/sd-webui-controlnet" 1.1.455
+# A real user's neighbours (INSTANTID_LIVE_NEIGHBOURS=0 leaves them out): ADetailer 25.3.0.
+if [[ $NEIGHBOURS == 1 ]]; then
+    checkout "$(url_for Bing-su/adetailer "${ADETAILER_REPO:-}")" \
+        36189cbea735b85fd01e98ac42002b8ce6f0e41d "$WEBUI/extensions/adetailer"
+elif [[ -e $WEBUI/extensions/adetailer ]]; then
+    rm -rf "$WEBUI/extensions/adetailer"
+    echo "  removed $WEBUI/extensions/adetailer"
+fi
 # The WebUI pip-installs OpenAI's CLIP (k-diffusion imports it) from a GitHub archive of this commit.
 checkout "$(url_for openai/CLIP "${CLIP_REPO:-}")" \
     d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$TARGET/src/CLIP"
@@ -183,6 +196,17 @@ if [[ ! -f $VENV/.instantid-live-ready ]]; then
 else
     echo "  kept $VENV"
 fi
+if [[ $NEIGHBOURS == 1 && ! -f $VENV/.instantid-live-neighbours ]]; then
+    # ADetailer's install.py asks for ultralytics, mediapipe 0.10.13-0.10.15 and rich. The bed
+    # takes mediapipe (its built-in face detectors) without its opencv-contrib-python (a second
+    # OpenCV build next to the headless one, which would also need libGL) and jax (its face
+    # solutions do not import it); ultralytics' YOLO detectors need downloaded weights: left out.
+    "$PY" -m pip install -q --no-deps "mediapipe==0.10.14"
+    "$PY" -m pip install -q absl-py "attrs>=19.1.0" "flatbuffers>=2.0" "protobuf>=4.25.3,<5" \
+        "sounddevice>=0.4.4" "rich>=13"
+    "$PY" -c 'import mediapipe as mp; mp.solutions.face_detection.FaceDetection(model_selection=1).close()'
+    touch "$VENV/.instantid-live-neighbours"
+fi
 # diffusers only writes the ControlNet files; it goes to a side folder, not into the WebUI's venv.
 TOOLS=$TARGET/tools-site
 if [[ ! -d $TOOLS/diffusers ]]; then
@@ -227,6 +251,11 @@ BED=(env "PYTHONPATH=$REPO:$TOOLS:$REPOS/generative-models:$REPOS/stable-diffusi
 
 # ---------------------------------------------------------------------------------------------
 say "5/5 run.sh and wait.sh in $TARGET"
+# ADetailer looks its detectors up on Hugging Face at start unless told not to.
+EXTRA_ARGS=
+if [[ $NEIGHBOURS == 1 ]]; then
+    EXTRA_ARGS=" --ad-no-huggingface"
+fi
 cat >"$TARGET/run.sh" <<EOF
 #!/usr/bin/env bash
 # Start the WebUI on the CPU, offline, with the API (PORT, default 7860). Extra arguments are
@@ -244,7 +273,7 @@ export MALLOC_MMAP_THRESHOLD_=\${MALLOC_MMAP_THRESHOLD_:-131072}
 exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test \\
     --skip-version-check --use-cpu all --no-half --no-half-vae --precision full \\
     --api --port "\${PORT:-7860}" --server-name 127.0.0.1 --no-download-sd-model \\
-    --do-not-download-clip "\$@"
+    --do-not-download-clip$EXTRA_ARGS "\$@"
 EOF
 cat >"$TARGET/wait.sh" <<'EOF'
 #!/usr/bin/env bash

@@ -16,7 +16,8 @@ a folder holding diffusers and the WebUI's ``repositories/generative-models`` an
     Random-weight models with the real architectures and key layouts: an SDXL base checkpoint
     built from sgm's ``sd_xl_base.yaml`` (fp16 safetensors), InstantID's ``ip-adapter.bin``
     (full-size Resampler + 70 ``to_k_ip``/``to_v_ip``), IdentityNet (diffusers ControlNetModel
-    with the published config), an ordinary SDXL ControlNet, ControlNet's own InstantID file
+    with the published config), an ordinary SDXL ControlNet and a small ("mid") one, a LoRA on
+    the attn2 projections (``models/Lora``), ControlNet's own InstantID file
     names (hard links), the generated antelopev2 pack in both places insightface looks, and an
     SDXL refiner and an SD 1.5 checkpoint (which InstantID refuses) for the checkpoint tests.
     Large files are written tensor by tensor, so memory stays near the largest tensor.
@@ -432,22 +433,68 @@ def write_sd15_ip_adapter(path: Path, seed: int) -> Path:
     return path
 
 
-def controlnet_meta_state() -> dict:
+def controlnet_meta_state(transformer_layers: list[int] | None = None) -> dict:
     import torch
     from diffusers import ControlNetModel
 
     config = {k: v for k, v in json.loads(IDENTITYNET_CONFIG.read_text()).items() if not k.startswith("_")}
+    if transformer_layers is not None:
+        config["transformer_layers_per_block"] = transformer_layers
     with torch.device("meta"):
         model = ControlNetModel.from_config(config)
     return model.state_dict()
 
 
-def write_controlnet(path: Path, seed: int) -> Path:
-    """A diffusers-layout SDXL ControlNet with IdentityNet's (= the standard SDXL) config, fp16."""
-    specs = meta_specs(controlnet_meta_state())
+def write_controlnet(path: Path, seed: int, transformer_layers: list[int] | None = None) -> Path:
+    """A diffusers-layout SDXL ControlNet with IdentityNet's (= the standard SDXL) config, fp16.
+
+    ``transformer_layers`` replaces the transformer depth per level: ``[0, 0, 1]`` is the layout
+    of the published "mid" SDXL ControlNets (about 270M parameters instead of 1.25B), which
+    ControlNet recognises by its keys.
+    """
+    specs = meta_specs(controlnet_meta_state(transformer_layers))
     return write_streamed_safetensors(
         path, specs, lambda name: random_value(name, specs[name][0], seed), {"format": "pt"}
     )
+
+
+LORA_NAME = "instantid-live-attn2"
+LORA_RANK = 4
+
+
+def write_lora(webui: Path, path: Path, seed: int) -> Path:
+    """A kohya-layout SDXL LoRA (rank 4) on the query and output projections of all 70 attn2 layers.
+
+    The WebUI's built-in Lora extension merges it into each Linear's weight when that layer first
+    runs: the case where the face attention must use the weights as they run, not as they were.
+    Its effect is about as large as a trained style LoRA's at weight 1.
+    """
+    import torch
+
+    specs: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, module in sdxl_meta_unet(webui).named_modules():
+        if not name.endswith("attn2"):
+            continue
+        for proj, linear in (("to_q", module.to_q), ("to_out_0", module.to_out[0])):
+            key = f"lora_unet_{name.replace('.', '_')}_{proj}"
+            specs[f"{key}.lora_down.weight"] = ((LORA_RANK, linear.in_features), "float16")
+            specs[f"{key}.lora_up.weight"] = ((linear.out_features, LORA_RANK), "float16")
+            specs[f"{key}.alpha"] = ((), "float16")
+    if len(specs) != 70 * 2 * 3:
+        msg = f"expected 70 SDXL attn2 layers, found {len(specs) // 6}"
+        raise RuntimeError(msg)
+
+    def make(name: str):
+        shape = specs[name][0]
+        g = torch.Generator().manual_seed(tensor_seed(seed, name))
+        if name.endswith(".alpha"):
+            return torch.tensor(float(LORA_RANK))
+        if name.endswith("lora_down.weight"):
+            return torch.randn(shape, generator=g) * shape[1] ** -0.5
+        return torch.randn(shape, generator=g) * 0.5 * LORA_RANK**-0.5
+
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(LORA_RANK), "note": "random"}
+    return write_streamed_safetensors(path, specs, make, metadata)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -471,6 +518,12 @@ def write_models(webui: Path, seed: int) -> list[Path]:
         (identitynet.with_name("config.json"), lambda p: shutil.copyfile(IDENTITYNET_CONFIG, p)),
         (instantid / "ip-adapter_sd15.bin", lambda p: write_sd15_ip_adapter(p, seed + 60)),
         (cn_models / "controlnet-sdxl-canny-random.safetensors", lambda p: write_controlnet(p, seed + 30)),
+        # The user's own ControlNet unit next to InstantID (small: the "mid" SDXL layout).
+        (
+            cn_models / "controlnet-sdxl-mid-random.safetensors",
+            lambda p: write_controlnet(p, seed + 70, [0, 0, 1]),
+        ),
+        (models / "Lora" / f"{LORA_NAME}.safetensors", lambda p: write_lora(webui, p, seed + 80)),
         (
             cn_models / "ip-adapter_instant_id_sdxl.bin",
             lambda p: link_or_copy(instantid / "ip-adapter.bin", p),

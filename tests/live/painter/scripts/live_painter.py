@@ -4,7 +4,9 @@ The live test bed runs random-weight models, whose outputs hold no face, so the 
 would have nothing to work on. With ``alwayson_scripts: {"Live painter": {"args": [<base64
 PNG>]}}`` this script replaces each output, in ``postprocess_image``, with that picture, before
 InstantID's own ``postprocess_image`` (extensions run in folder order, and this folder sorts
-first). Installed only in the test bed by ``tests/live/setup_webui.sh``; never shipped.
+first). With a second argument ``"x,y"`` the picture is pasted at that point of the output
+instead, so the rest of the output is what the generation made. Installed only in the test bed
+by ``tests/live/setup_webui.sh``; never shipped.
 """
 
 import base64
@@ -23,12 +25,18 @@ class LivePainter(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return [gr.Textbox(value="", visible=False)]
+        return [gr.Textbox(value="", visible=False), gr.Textbox(value="", visible=False)]
 
     def postprocess_image(self, p, pp, *args):
         if not args or not args[0]:
             return
         picture = Image.open(io.BytesIO(base64.b64decode(args[0]))).convert("RGB")
+        if len(args) > 1 and args[1]:
+            x, y = (int(v) for v in args[1].split(","))
+            image = pp.image.convert("RGB")
+            image.paste(picture, (x, y))
+            pp.image = image
+            return
         pp.image = picture.resize(pp.image.size) if picture.size != pp.image.size else picture
 
 

@@ -1,0 +1,272 @@
+"""The InstantID panel driven in a real browser (Chromium through Playwright) against a live WebUI.
+
+Skipped unless ``SD_WEBUI_URL`` is set, Playwright is installed and a Chromium runs
+(``INSTANTID_CHROMIUM``, default ``/usr/bin/chromium``: Debian's ``chromium`` package). The WebUI
+must serve its UI (the bed's ``run.sh`` does). With ``INSTANTID_SCREENSHOTS=<folder>`` the tests
+save the README's screenshots there (``docs/images`` in this repository).
+
+Every test collects the page's JavaScript errors and fails on any.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.live.client import (
+    LIVE,
+    URL,
+    call,
+    face_photo_b64,
+    generation,
+    photo_with_face,
+)
+
+pytestmark = LIVE
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("INSTANTID_CHROMIUM", "/usr/bin/chromium")
+SHOTS = os.environ.get("INSTANTID_SCREENSHOTS", "")
+WIDTH = 1400
+LOAD_TIMEOUT_MS = 180_000
+RUN_TIMEOUT_MS = 900_000
+PANEL_LIMIT_PX = 2000
+SECTIONS = (
+    "pose_edits",
+    "preview_accordion",
+    "advanced",
+    "face_pass_accordion",
+    "people_accordion",
+    "save_accordion",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (INSTANTID_CHROMIUM)")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": WIDTH, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(f"page error: {err}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.goto(URL + "/", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_selector("#txt2img_generate", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_selector("#instantid_txt2img_accordion", timeout=LOAD_TIMEOUT_MS)
+    page.instantid_errors = errors
+    yield page
+    context.close()
+    assert errors == [], "\n".join(errors)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def tmp_png(tmp_path: Path, name: str, image: Image.Image) -> str:
+    path = tmp_path / name
+    image.save(path)
+    return str(path)
+
+
+def face_file(tmp_path: Path, ident: int = 3) -> str:
+    photo, _ = photo_with_face(512, (256, 240), 200, ident=ident)
+    return tmp_png(tmp_path, f"face{ident}.png", photo)
+
+
+def el(tab: str, name: str) -> str:
+    return f"#instantid_{tab}_{name}"
+
+
+def open_section(page: Any, selector: str) -> None:
+    """Open a gradio accordion (a no-op when it is open)."""
+    block = page.locator(selector)
+    block.scroll_into_view_if_needed()
+    if block.locator(".label-wrap.open").count() == 0:
+        block.locator(".label-wrap").first.click()
+    page.wait_for_timeout(300)
+
+
+def open_panel(page: Any, tab: str = "txt2img") -> None:
+    if tab != "txt2img":
+        page.locator("#tabs button", has_text=tab).first.click()
+    open_section(page, el(tab, "accordion"))
+
+
+def checkbox(page: Any, tab: str = "txt2img") -> Any:
+    """The InputAccordion's checkbox in its title (the WebUI's ``.input-accordion-checkbox``)."""
+    return page.locator(f"{el(tab, 'accordion')} .input-accordion-checkbox")
+
+
+def enable(page: Any, tab: str = "txt2img") -> None:
+    box = checkbox(page, tab)
+    if not box.first.is_checked():
+        box.first.check()
+
+
+def set_number(page: Any, selector: str, value: float) -> None:
+    field = page.locator(f"{selector} input[type=number]").first
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def upload(page: Any, selector: str, files: list[str] | str) -> None:
+    page.locator(f"{selector} input[type=file]").first.set_input_files(files)
+
+
+def choose(page: Any, selector: str, option: str) -> None:
+    """Pick ``option`` in a gradio 3 dropdown."""
+    box = page.locator(f"{selector} input").first
+    box.click()
+    page.locator("ul.options li", has_text=re.compile(rf"^\s*{re.escape(option)}\s*$")).first.click()
+    page.wait_for_timeout(200)
+
+
+def shoot(page: Any, selector: str, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.locator(selector).first.screenshot(path=str(Path(SHOTS) / name))
+
+
+def small_generation(page: Any, tab: str = "txt2img") -> None:
+    set_number(page, f"#{tab}_width", 256)
+    set_number(page, f"#{tab}_height", 256)
+    set_number(page, f"#{tab}_steps", 2)
+
+
+def wait_for_info(page: Any, tab: str, text: str) -> str:
+    page.wait_for_function(
+        "([id, text]) => (document.querySelector(id)?.innerText || '').includes(text)",
+        arg=[f"#html_info_{tab}", text],
+        timeout=RUN_TIMEOUT_MS,
+    )
+    return page.locator(f"#html_info_{tab}").inner_text()
+
+
+# -- tests -------------------------------------------------------------------------------------------
+def test_photo_preview_generate_and_likeness(page: Any, tmp_path: Path) -> None:
+    """Drop a photo, preview the face, generate: the info under the gallery names InstantID and
+    its likeness line."""
+    open_panel(page)
+    enable(page)
+    upload(page, el("txt2img", "images"), face_file(tmp_path))
+    shoot(page, el("txt2img", "accordion"), "panel-txt2img.png")
+    open_section(page, el("txt2img", "preview_accordion"))
+    page.locator(el("txt2img", "preview")).click()
+    page.wait_for_selector(f"{el('txt2img', 'preview_faces')} img", timeout=RUN_TIMEOUT_MS)
+    page.wait_for_selector(f"{el('txt2img', 'preview_keypoints')} img", timeout=RUN_TIMEOUT_MS)
+    shoot(page, el("txt2img", "preview_accordion"), "preview-face-keypoints.png")
+    small_generation(page)
+    page.locator("#txt2img_generate").click()
+    info = wait_for_info(page, "txt2img", "InstantID")
+    assert "InstantID likeness" in info or "Likeness" in info, info
+    shoot(page, "#txt2img_results", "output-with-likeness.png")
+
+
+def test_png_info_send_to_txt2img_restores_every_instantid_field(page: Any) -> None:
+    """An output's PNG, opened in PNG Info and sent to txt2img, sets InstantID's fields back."""
+    fields = {
+        "enabled": True,
+        "images": [face_photo_b64(3)],
+        "id_weight": 0.65,
+        "control_weight": 0.55,
+        "pose_source": "preset",
+        "pose_preset": "three-quarter left",
+        "noise": 0.3,
+        "face_region_only": True,
+        "likeness": False,
+    }
+    code, answer = call("POST", "/sdapi/v1/txt2img", generation(fields, seed=5))
+    assert code == 200, answer
+    infotext = json.loads(answer["info"])["infotexts"][0]
+    png = Path(os.environ.get("TMPDIR", "/tmp")) / "instantid-pnginfo.png"
+    png.write_bytes(base64.b64decode(answer["images"][0]))
+    page.locator("#tabs button", has_text="PNG Info").first.click()
+    upload(page, "#pnginfo_image", str(png))
+    page.wait_for_function(
+        "() => (document.querySelector('#pnginfo_html_info')?.innerText || '').includes('InstantID')",
+        timeout=RUN_TIMEOUT_MS,
+    )
+    page.locator("#txt2img_tab").first.click()
+    page.wait_for_timeout(1500)
+    open_panel(page)
+    assert checkbox(page).first.is_checked()
+    for name, value in (("id_weight", "0.65"), ("control_weight", "0.55"), ("noise", "0.3")):
+        shown = page.locator(f"{el('txt2img', name)} input[type=number]").first.input_value()
+        assert float(shown) == float(value), (name, shown, infotext)
+    assert page.locator(f"{el('txt2img', 'face_region_only')} input").first.is_checked()
+    assert page.locator(f"{el('txt2img', 'pose_preset')} input").first.input_value() == "three-quarter left"
+
+
+def test_saved_identity_select_and_refresh(page: Any) -> None:
+    code, answer = call(
+        "POST",
+        "/instantid/v1/identities",
+        {"name": "browser-test", "images": [face_photo_b64(4)], "overwrite": True},
+    )
+    assert code == 200, answer
+    open_panel(page)
+    page.locator(el("txt2img", "identity_refresh")).click()
+    page.wait_for_timeout(1000)
+    choose(page, el("txt2img", "identity"), "browser-test")
+    assert page.locator(f"{el('txt2img', 'identity')} input").first.input_value() == "browser-test"
+
+
+def test_two_people_and_their_regions_preview(page: Any, tmp_path: Path) -> None:
+    open_panel(page)
+    open_section(page, el("txt2img", "people_accordion"))
+    add = page.locator(el("txt2img", "people_accordion")).get_by_role(
+        "button", name=re.compile("add person", re.I)
+    )
+    for n in (1, 2):
+        row = el("txt2img", f"person{n}_images")
+        if not page.locator(row).is_visible():
+            add.click()
+            page.wait_for_timeout(500)
+        upload(page, row, face_file(tmp_path, 30 + n))
+    page.locator(el("txt2img", "people_preview")).click()
+    page.wait_for_selector(f"{el('txt2img', 'people_picture')} img", timeout=RUN_TIMEOUT_MS)
+    shoot(page, el("txt2img", "people_accordion"), "several-people-preview.png")
+
+
+def test_pose_preset_preview(page: Any, tmp_path: Path) -> None:
+    open_panel(page)
+    upload(page, el("txt2img", "images"), face_file(tmp_path))
+    choose(page, el("txt2img", "pose_source"), "preset")
+    choose(page, el("txt2img", "pose_preset"), "profile left")
+    open_section(page, el("txt2img", "preview_accordion"))
+    page.locator(el("txt2img", "preview")).click()
+    page.wait_for_selector(f"{el('txt2img', 'preview_keypoints')} img", timeout=RUN_TIMEOUT_MS)
+
+
+def test_xyz_plot_lists_instantids_axes(page: Any) -> None:
+    choose(page, "#script_list", "X/Y/Z plot")
+    box = page.locator("#script_txt2img_xyz_plot_x_type input").first
+    box.click()
+    options = page.locator("ul.options li").all_inner_texts()
+    page.keyboard.press("Escape")
+    wanted = {"[InstantID] ID weight", "[InstantID] IdentityNet strength", "[InstantID] Saved identity"}
+    assert wanted <= {o.strip() for o in options}, options
+
+
+def test_panel_with_every_section_open_and_one_person_row_is_compact(page: Any) -> None:
+    open_panel(page)
+    for section in SECTIONS:
+        open_section(page, el("txt2img", section))
+    height = page.locator(el("txt2img", "accordion")).bounding_box()["height"]
+    shoot(page, el("txt2img", "accordion"), "panel-all-sections-open.png")
+    print(f"InstantID panel, every section open, one person row, {WIDTH} px wide: {height:.0f} px")
+    assert height < PANEL_LIMIT_PX, height
