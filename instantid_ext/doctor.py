@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .antelopev2 import candidate_roots, find_root, pack_status
 from .errors import InstantIDError
-from .models import AUTO, ModelKind, resolve_model, scan_models, short_hash
+from .faces.antelopev2 import candidate_roots, find_root, pack_status
+from .models.discovery import AUTO, ModelKind, resolve_model, scan_models, short_hash
 
 PACKAGE_DIR = Path(__file__).absolute().parent  # not resolve(): keep a symlinked extensions/<name>
 
@@ -190,7 +190,7 @@ def _import_problem(package: Package) -> str | None:
     broken installs, e.g. OpenCV without its system libraries)."""
     if package.module == "insightface":
         try:
-            from .face import _import_insightface
+            from .faces.analysis import _import_insightface
 
             _import_insightface()
         except InstantIDError as err:  # says which dependency is missing and how to install it
@@ -298,7 +298,7 @@ def _providers(layout: Layout) -> dict[str, Any]:
     try:
         import onnxruntime
 
-        from .face import resolve_providers
+        from .faces.analysis import resolve_providers
 
         info["available"] = list(onnxruntime.get_available_providers())
         info["used"] = list(resolve_providers(layout.providers))
@@ -318,7 +318,7 @@ def _model_problem(kind: ModelKind, inventory: Any) -> str | None:
 
 
 def identities(layout: Layout) -> list[dict[str, Any]]:
-    from .identity import IdentityStore
+    from .faces.identity import IdentityStore
 
     store = IdentityStore(layout.identity_dir)
     items = []

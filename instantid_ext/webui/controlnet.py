@@ -57,8 +57,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import DependencyError, InstantIDError, InvalidInputError, ModelFileError, NoFaceError
-from ..keypoints import draw_kps
-from ..models import DIFFUSERS_WEIGHTS, short_hash
+from ..method.keypoints import draw_kps
+from ..models.discovery import DIFFUSERS_WEIGHTS, short_hash
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each face of a finished image is restyled by a generation of its own: the WebUI's img2img
 with the face mask, "Only masked" at the face pass's working size, run by a script runner
 that holds only ControlNet and this script, with this script's arguments switched to the
-face (:func:`instantid_ext.face_pass.nested_arguments`). The nested generation is a job of
+face (:func:`instantid_ext.job.face_pass.nested_arguments`). The nested generation is a job of
 its own (:mod:`.job`): it undoes what it changes, and ControlNet's state of the outer
 generation is put back afterwards (:meth:`ControlNetBridge.preserved`), so later batches of
 the outer job sample as before.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..errors import InstantIDError
-from ..face_pass import face_targets, nested_arguments, prompt_for
+from ..job.face_pass import face_targets, nested_arguments, prompt_for
 from . import host
 
 if TYPE_CHECKING:

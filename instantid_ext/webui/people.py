@@ -1,4 +1,4 @@
-"""Several people in one generation: the WebUI side of :mod:`instantid_ext.people`.
+"""Several people in one generation: the WebUI side of :mod:`instantid_ext.job.people`.
 
 A :class:`People` object belongs to one :class:`~instantid_ext.webui.run.Run`. It analyses each
 person and the faces of the pose/init image in ``before_process``, lays the regions and
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from ..args import InstantIDArgs
-from ..face import Face
-from ..geometry import Frame
-from ..identitynet_regions import identity_context, multi_identity_hint, region_strength_map
-from ..ip_adapter import IPAdapter
-from ..ip_attention import IPIdentity
-from ..people import PersonConditioning, PersonPlacement, canvas_faces, person_conditioning, place_people
-from ..pipeline import FaceTokens
-from ..resources import Resources
+from ..faces.analysis import Face
+from ..job.conditioning import FaceTokens
+from ..job.people import PersonConditioning, PersonPlacement, canvas_faces, person_conditioning, place_people
+from ..job.resources import Resources
+from ..method.attention import IPIdentity
+from ..method.geometry import Frame
+from ..method.identitynet_regions import identity_context, multi_identity_hint, region_strength_map
+from ..method.ip_adapter import IPAdapter
 from . import frames
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class People:
         return cond, identity_context([t.uncond for t in self.tokens])
 
     def infotext(self) -> str:
-        from ..people import describe
+        from ..job.people import describe
 
         return describe(self.args, self.conditionings)
 

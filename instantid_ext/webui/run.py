@@ -1,4 +1,4 @@
-"""One generation with InstantID, as a :class:`~instantid_ext.webui.job.Job` that undoes itself.
+"""One generation with InstantID, as a :class:`~instantid_ext.job.lifecycle.Job` that undoes itself.
 
 The work is split by when the host's state is final:
 
@@ -28,10 +28,7 @@ from PIL import Image
 
 from ..args import INFOTEXT_PREFIX, InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError, NoFaceError
-from ..ip_adapter import IPAdapter
-from ..ip_attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
-from ..models import ModelFile, short_hash
-from ..pipeline import (
+from ..job.conditioning import (
     ORIGIN_TEXT,
     FaceConditioning,
     FacePose,
@@ -42,10 +39,13 @@ from ..pipeline import (
     pose_from_image,
     preset_pose,
 )
-from ..pose_presets import PoseEdit
-from ..resources import Resources
+from ..job.lifecycle import Job
+from ..job.resources import Resources
+from ..method.attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
+from ..method.ip_adapter import IPAdapter
+from ..method.pose_presets import PoseEdit
+from ..models.discovery import ModelFile, short_hash
 from . import face_pass, frames, host, scoring
-from .job import Job
 from .people import People
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class Run(Job):
     def _regional_identitynet(self, name: str) -> Any:
         """IdentityNet's attention bound to each person's region (and, on ControlNet 1.1.444-1.1.445,
         which has no per-unit mask, the strengths as a residual map)."""
-        from ..identitynet_regions import RegionalIdentityNet
+        from ..method.identitynet_regions import RegionalIdentityNet
 
         people = self.people
         assert people is not None and self.unit is not None and self.unit.param is not None
@@ -641,7 +641,7 @@ def _infotext_extra(run: Run) -> dict[str, str]:
 
 
 def run_of(p: Any) -> Run | None:
-    from .job import job_of
+    from ..job.lifecycle import job_of
 
     job = job_of(p)
     return job if isinstance(job, Run) else None

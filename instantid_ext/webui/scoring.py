@@ -1,7 +1,7 @@
 """The likeness score of each output, written into its infotext (one person or several).
 
 The score is the cosine between ArcFace embeddings of the output's face and the reference
-(:mod:`instantid_ext.likeness`); the reference is built once per job. With several people,
+(:mod:`instantid_ext.faces.likeness`); the reference is built once per job. With several people,
 each person is scored on the faces inside that person's region.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ..likeness import format_infotext, format_summary
+from ..faces.likeness import format_infotext, format_summary
 
 if TYPE_CHECKING:
     from .run import Run

@@ -13,9 +13,9 @@ from diffusers.models.attention_processor import Attention, IPAdapterAttnProcess
 from torch import nn
 
 from instantid_ext.errors import IncompatibleModelError, InvalidInputError
-from instantid_ext.ip_adapter import IPAdapter, load_ip_adapter
-from instantid_ext.ip_attention import IPAttentionPatch, RowRouter, ip_attention
-from instantid_ext.sdxl_layers import sdxl_attn2_layers
+from instantid_ext.method.attention import IPAttentionPatch, RowRouter, ip_attention
+from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
+from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_unet import make_unet
 from tests.fakes.weights import adapter_checkpoint, save_bin
 

@@ -103,7 +103,7 @@ class Bed:
     def close(self) -> None:
         import importlib
 
-        importlib.import_module("instantid_ext.webui.job").close_all()
+        importlib.import_module("instantid_ext.job.lifecycle").close_all()
         fake_host.uninstall()
 
 
@@ -164,7 +164,7 @@ def _with_identitynet(bed: Bed) -> tuple[Any, dict]:
 
 
 def _huge(bed: Bed) -> tuple[Any, dict]:
-    from instantid_ext import face as face_module
+    from instantid_ext.faces import analysis as face_module
 
     bed.monkeypatch.setattr(face_module, "MAX_IMAGE_PIXELS", 100_000)  # 50 MP in the product
     return on(images=[face(size=(400, 400))]), {}

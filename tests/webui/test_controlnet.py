@@ -11,10 +11,10 @@ import torch
 
 from instantid_ext.args import InstantIDArgs
 from instantid_ext.errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
-from instantid_ext.keypoints import draw_kps
+from instantid_ext.job.lifecycle import Job
+from instantid_ext.method.keypoints import draw_kps
 from instantid_ext.webui import controlnet
 from instantid_ext.webui.controlnet import ControlNetBridge
-from instantid_ext.webui.job import Job
 from tests.webui import fake_controlnet as fake
 
 VERSIONS = [(1, 1, 444), (1, 1, 449), (1, 1, 455)]

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .ip_adapter import NUM_FACE_TOKENS, IPAdapter
 from .sdxl_layers import TOKEN_DIM, Attn2Layer, sdxl_attn2_layers
 
@@ -189,7 +189,7 @@ class IPIdentity:
     ``cond``/``uncond`` are ``[16, 2048]`` or ``[1, 16, 2048]`` (Resampler of the embedding
     and of zeros). ``mask`` is ``[H, W]`` in [0, 1] at any resolution with the output's
     aspect ratio; with several identities every one needs a mask, and they should not
-    overlap (``instantid_ext.regions`` builds and checks them).
+    overlap (``instantid_ext.method.regions`` builds and checks them).
     """
 
     cond: torch.Tensor

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .antelopev2 import find_root, pack_status
-from .errors import InstantIDError
-from .face import FaceAnalyzer, resolve_providers
-from .identity import IdentityStore
-from .ip_adapter import IPAdapter, load_ip_adapter
-from .likeness import LikenessScorer
-from .models import AUTO, ModelFile, ModelInventory, check_identitynet, resolve_model, scan_models
+from ..errors import InstantIDError
+from ..faces.analysis import FaceAnalyzer, resolve_providers
+from ..faces.antelopev2 import find_root, pack_status
+from ..faces.identity import IdentityStore
+from ..faces.likeness import LikenessScorer
+from ..method.ip_adapter import IPAdapter, load_ip_adapter
+from ..models.discovery import AUTO, ModelFile, ModelInventory, check_identitynet, resolve_model, scan_models
 
 logger = logging.getLogger(__name__)
 

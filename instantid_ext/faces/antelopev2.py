@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 logger = logging.getLogger(__name__)
 

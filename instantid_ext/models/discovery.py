@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import IncompatibleModelError, ModelFileError
-from .file_hashes import HashStore, JsonHashStore, file_sha256, set_hash_store, short_hash
-from .model_checks import (
+from ..errors import IncompatibleModelError, ModelFileError
+from .checks import (
     DIFFUSERS_STEM,
     FIXES,
     INSTANTID_NAME,
@@ -33,6 +32,7 @@ from .model_checks import (
     read_torch_file,
     tensor_shapes,
 )
+from .file_hashes import HashStore, JsonHashStore, file_sha256, set_hash_store, short_hash
 
 __all__ = [
     "AUTO",

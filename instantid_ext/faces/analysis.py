@@ -35,9 +35,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
-from .face_packs import ANTELOPEV2, FacePack, validate_pack
-from .images import MAX_IMAGE_PIXELS, ChannelOrder, ImageLike, image_size, to_bgr_array
+from ..errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
+from ..images import MAX_IMAGE_PIXELS, ChannelOrder, ImageLike, image_size, to_bgr_array
+from .packs import ANTELOPEV2, FacePack, validate_pack
 
 logger = logging.getLogger(__name__)
 
