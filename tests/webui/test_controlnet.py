@@ -614,7 +614,7 @@ def test_batch_options_are_read_where_each_controlnet_version_keeps_them(monkeyp
     import sys
     import types
 
-    from instantid_ext.webui.controlnet import _batch_options
+    from instantid_ext.webui.controlnet.nesting import _batch_options
 
     class BatchOption(enum.Enum):
         DEFAULT = "All ControlNet units for all images in a batch"
