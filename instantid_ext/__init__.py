@@ -20,7 +20,7 @@ from .errors import (
 try:
     from .faces.analysis import Face, FaceAnalyzer, choose_face, mean_embedding
     from .faces.identity import Identity, IdentityStore, load_identity, save_identity
-    from .method.attention import IPAttentionPatch, RowRouter, ip_attention
+    from .method.attention import IPAttentionPatch, RowRouter
     from .method.ip_adapter import IPAdapter, load_ip_adapter
     from .method.keypoints import draw_kps, kps_image_for_output, map_points
     from .method.resampler import Resampler
@@ -58,7 +58,6 @@ __all__ = [
     "__version__",
     "choose_face",
     "draw_kps",
-    "ip_attention",
     "kps_image_for_output",
     "load_identity",
     "load_ip_adapter",

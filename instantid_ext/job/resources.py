@@ -96,13 +96,6 @@ class Resources:
     def identities(self) -> IdentityStore:
         return IdentityStore(self.locations.identity_dir)
 
-    def release(self) -> None:
-        """Forget the loaded adapter and the scan (e.g. on a "free memory" request)."""
-        with self._lock:
-            self._adapter = None
-            self._inventory = None
-            self._scorer = None
-
     def status(self) -> dict[str, object]:
         """What is found, what was rejected and why, and what is missing (JSON-ready)."""
         locations = self.locations

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from instantid_ext.errors import InstantIDError
+from instantid_ext.job.resources import Resources
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.weights import adapter_checkpoint, save_bin, save_identitynet_folder, tiny_identitynet
 from tests.webui import fake_controlnet, fake_host
@@ -64,7 +65,7 @@ class Bed:
         self.script = importlib.import_module("instantid_ext.webui.script")
         importlib.import_module("instantid_ext.webui.callbacks").register_callbacks()
         self.services = importlib.import_module("instantid_ext.webui.services")
-        self.services.resources().release()
+        monkeypatch.setattr(self.services, "_RESOURCES", Resources(self.services.host.locations))
         self.cn: fake_controlnet.FakeControlNet | None = None
 
     def with_controlnet(self, version: tuple[int, int, int] = (1, 1, 455)) -> fake_controlnet.FakeControlNet:
