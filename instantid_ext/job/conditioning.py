@@ -85,7 +85,8 @@ class PlacedPose:
         return PlacedPose(kps, bbox, frame.size, self.origin)
 
     def edited(self, edit: PoseEdit) -> PlacedPose:
-        """Mirrored, rotated, scaled and moved on the canvas (:mod:`.pose_presets`); the box follows."""
+        """Mirrored, rotated, scaled and moved on the canvas
+        (:mod:`instantid_ext.method.pose_presets`); the box follows."""
         if edit.is_identity:
             return self
         kps = apply_edit(self.kps, self.size, edit)

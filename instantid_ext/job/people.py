@@ -4,9 +4,9 @@ Each :class:`~instantid_ext.args.Person` brings a face source (photos or a saved
 and a region. :func:`person_conditioning` turns the face source into the person's mean raw
 embedding and reference pose, like :func:`~instantid_ext.job.conditioning.build_face_conditioning`
 does for one person. :func:`place_people` then lays the people out on the sampled canvas:
-the regions (:mod:`.regions`) and each person's keypoints — the face of the pose image (or of
-the img2img init image) inside the region when there is one, else the person's own reference
-face (or a preset) fitted into the region.
+the regions (:mod:`instantid_ext.method.regions`) and each person's keypoints — the face of
+the pose image (or of the img2img init image) inside the region when there is one, else the
+person's own reference face (or a preset) fitted into the region.
 
 Faces of the pose/init image come in *canvas* coordinates (the host maps them there with the
 same frames as the one-person hint), so the regions are built with an identity mapping.

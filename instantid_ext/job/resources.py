@@ -3,7 +3,7 @@
 Locations come from the host (the WebUI's models folder, command-line flags, settings) via
 a callable, so a changed setting takes effect without a restart. The adapter is kept
 loaded between generations (one at a time, keyed by path and mtime, so a replaced file is
-reloaded); face models are cached by :mod:`.face` itself.
+reloaded); face models are cached by :mod:`instantid_ext.faces.analysis` itself.
 """
 
 from __future__ import annotations

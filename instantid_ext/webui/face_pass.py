@@ -4,7 +4,7 @@ Each face of a finished image is restyled by a generation of its own: the WebUI'
 with the face mask, "Only masked" at the face pass's working size, run by a script runner
 that holds only ControlNet and this script, with this script's arguments switched to the
 face (:func:`instantid_ext.job.face_pass.nested_arguments`). The nested generation is a job of
-its own (:mod:`.job`): it undoes what it changes, and ControlNet's state of the outer
+its own (:mod:`instantid_ext.job.lifecycle`): it undoes what it changes, and ControlNet's state of the outer
 generation is put back afterwards (:meth:`ControlNetBridge.preserved`), so later batches of
 the outer job sample as before.
 """
