@@ -20,7 +20,9 @@ Rules:
   its own ``onnxruntime`` and ``opencv-python`` requirements when another flavour of each is there.
 * A failure prints one message that says how to fix it, and never stops the WebUI from starting.
 
-Only the standard library and the WebUI's ``launch`` module are used; the decisions are pure
+Only the standard library, ``packaging`` (for requirements and versions; pip and setuptools bring
+it into every WebUI environment), ``instantid_ext/dists.py`` loaded by its path (never the
+package, which imports torch) and the WebUI's ``launch`` module are used; the decisions are pure
 functions, tested without the WebUI.
 """
 
@@ -35,6 +37,7 @@ import re
 import shlex
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -45,27 +48,36 @@ OVERRIDE_ENV = "INSTANTID_ONNXRUNTIME"
 
 ONNXRUNTIME = "onnxruntime"
 ONNXRUNTIME_GPU = "onnxruntime-gpu"
-# Distributions that all install the import package ``onnxruntime``; any one of them will do.
-ONNXRUNTIME_FLAVOURS = (
-    ONNXRUNTIME,
-    ONNXRUNTIME_GPU,
-    "onnxruntime-directml",
-    "onnxruntime-silicon",
-    "onnxruntime-openvino",
-    "onnxruntime-rocm",
-    "onnxruntime-migraphx",
-    "onnxruntime-qnn",
-    "onnxruntime-training",
-    "ort-nightly",
-    "ort-nightly-gpu",
+
+
+def _load_dists() -> types.ModuleType:
+    """``instantid_ext/dists.py`` by its path: importing the package would import torch."""
+    path = os.path.join(HERE, "instantid_ext", "dists.py")
+    spec = importlib.util.spec_from_file_location("instantid_dists", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+try:
+    from packaging.requirements import InvalidRequirement
+    from packaging.requirements import Requirement as _Pep508
+
+    _dists: types.ModuleType | None = _load_dists()
+except ImportError:  # pip and setuptools bring packaging into every WebUI environment
+    _dists = None
+    _Pep508 = InvalidRequirement = None  # type: ignore[assignment, misc]
+
+PACKAGING_MISSING = (
+    f"{PREFIX} The Python package 'packaging' is missing from the WebUI's environment, so InstantID "
+    f'cannot check its dependencies; install it with "{sys.executable}" -m pip install packaging '
+    "and restart the WebUI."
 )
-# Distributions that all install the import package ``cv2``.
-OPENCV_FLAVOURS = (
-    "opencv-python",
-    "opencv-python-headless",
-    "opencv-contrib-python",
-    "opencv-contrib-python-headless",
+ONNXRUNTIME_FLAVOURS: tuple[str, ...] = (
+    _dists.ONNXRUNTIME_FLAVOURS if _dists else (ONNXRUNTIME, ONNXRUNTIME_GPU)
 )
+OPENCV_FLAVOURS: tuple[str, ...] = _dists.OPENCV_FLAVOURS if _dists else ("opencv-python",)
 # The WebUI's own packages that an install must leave exactly as they are (pip only warns about
 # the packages it is not asked to install): numpy 2 breaks the WebUI's torch build, pydantic 2
 # its FastAPI 0.94, and so on. protobuf is not held: the WebUI pins 3.20.0, but insightface needs
@@ -112,27 +124,25 @@ class Requirement:
         return text
 
 
-_REQUIREMENT = re.compile(
-    r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*\(?(?P<spec>[^;()]*)\)?\s*$"
-)
-
-
 def normalize(name: str) -> str:
     """PEP 503 name: ``Scikit_Image`` → ``scikit-image``."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def parse_requirement(line: str) -> Requirement | None:
-    """One line of a requirements file or of ``Requires-Dist``; None for blanks and comments."""
+    """One line of a requirements file or of ``Requires-Dist``; None for blanks, comments, options
+    and lines that are not a requirement. The version clauses keep the order they were written in."""
     text = line.split(" #", 1)[0].strip()
     if not text or text.startswith(("#", "-")):
         return None
-    body, _, marker = text.partition(";")
-    match = _REQUIREMENT.match(body)
-    if match is None:
+    try:
+        req = _Pep508(text)
+    except InvalidRequirement:
         return None
-    spec = re.sub(r"\s+", "", match.group("spec"))
-    return Requirement(normalize(match.group("name")), spec, marker.strip())
+    written = re.sub(r"\s+", "", text.partition(";")[0])
+    clauses = sorted((str(clause) for clause in req.specifier), key=written.find)
+    marker = "" if req.marker is None else str(req.marker)
+    return Requirement(normalize(req.name), ",".join(clauses), marker)
 
 
 def read_requirements(path: str = REQUIREMENTS_FILE) -> list[Requirement]:
@@ -140,59 +150,11 @@ def read_requirements(path: str = REQUIREMENTS_FILE) -> list[Requirement]:
         return [req for req in map(parse_requirement, file) if req is not None]
 
 
-def version_key(version: str) -> tuple[int, ...] | None:
-    """The numeric release part (``2.1.2+cu121`` → ``(2, 1, 2)``), trailing zeros dropped."""
-    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
-    if match is None:
-        return None
-    parts = [int(p) for p in match.group(1).split(".")]
-    while len(parts) > 1 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
-
-
 def satisfies(version: str | None, spec: str) -> bool | None:
-    """Whether ``version`` meets ``spec`` (``>=1.2,<3``); None when either cannot be read.
-
-    A deliberately small subset of PEP 440, enough for the plain release numbers found in
-    requirement files: pre-releases compare as their release, ``~=`` as ``>=``.
-    """
-    if not spec:
-        return True
-    if version is None:
-        return None
-    have = version_key(version)
-    if have is None:
-        return None
-    for clause in spec.split(","):
-        match = re.fullmatch(r"(>=|<=|==|!=|~=|>|<)\s*([0-9][0-9A-Za-z.+*-]*)", clause.strip())
-        if match is None:
-            return None
-        op, wanted = match.groups()
-        if wanted.endswith(".*") and op in ("==", "!="):
-            prefix = version_key(wanted[:-2])
-            if prefix is None:
-                return None
-            padded = have + (0,) * max(0, len(prefix) - len(have))
-            same = padded[: len(prefix)] == prefix
-            if same != (op == "=="):
-                return False
-            continue
-        want = version_key(wanted)
-        if want is None:
-            return None
-        ok = {
-            ">=": have >= want,
-            "~=": have >= want,
-            "<=": have <= want,
-            ">": have > want,
-            "<": have < want,
-            "==": have == want,
-            "!=": have != want,
-        }[op]
-        if not ok:
-            return False
-    return True
+    """Whether ``version`` meets ``spec`` (``>=1.2,<3``); None when either cannot be read
+    (:func:`instantid_ext.dists.satisfies`)."""
+    assert _dists is not None, PACKAGING_MISSING
+    return _dists.satisfies(version, spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +399,9 @@ def main(
     """
     environ = os.environ if environ is None else environ
     if skip_install_requested(sys.argv[1:] if argv is None else argv, environ):
+        return 0
+    if _dists is None:
+        print(PACKAGING_MISSING)
         return 0
 
     installed = probe_fn(_names(requires_fn("insightface")))

@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instantid_ext.identitynet_regions import RegionalIdentityNet, ResidualScaler, region_strength_map
-from instantid_ext.ip_adapter import IPAdapter
-from instantid_ext.ip_attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch
-from instantid_ext.resampler import Resampler
-from instantid_ext.sdxl_layers import sdxl_attn2_layers
+from instantid_ext.method.attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch
+from instantid_ext.method.identitynet_regions import RegionalIdentityNet, ResidualScaler, region_strength_map
+from instantid_ext.method.ip_adapter import IPAdapter
+from instantid_ext.method.resampler import Resampler
+from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_controlnet import make_controlnet
 from tests.fakes.sgm_unet import make_unet
 

@@ -18,12 +18,12 @@ from .errors import (
 )
 
 try:
-    from .face import Face, FaceAnalyzer, choose_face, mean_embedding
-    from .identity import Identity, IdentityStore, load_identity, save_identity
-    from .ip_adapter import IPAdapter, load_ip_adapter
-    from .ip_attention import IPAttentionPatch, RowRouter, ip_attention
-    from .keypoints import draw_kps, kps_image_for_output, map_points
-    from .resampler import Resampler
+    from .faces.analysis import Face, FaceAnalyzer, choose_face, mean_embedding
+    from .faces.identity import Identity, IdentityStore, load_identity, save_identity
+    from .method.attention import IPAttentionPatch, RowRouter
+    from .method.ip_adapter import IPAdapter, load_ip_adapter
+    from .method.keypoints import draw_kps, kps_image_for_output, map_points
+    from .method.resampler import Resampler
 except ImportError as _missing:  # torch, numpy or OpenCV is missing: `python -m instantid_ext doctor` says so
     _IMPORT_ERROR: ImportError | None = _missing
 else:
@@ -58,7 +58,6 @@ __all__ = [
     "__version__",
     "choose_face",
     "draw_kps",
-    "ip_attention",
     "kps_image_for_output",
     "load_identity",
     "load_ip_adapter",

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image
 
 from .errors import InvalidInputError
-from .identity import check_identity_name
+from .faces.identity import check_identity_name
 from .images import MAX_REFERENCE_IMAGES, decode_image, encode_image_png_base64
-from .keypoints import ResizeMode
-from .models import AUTO
-from .pose_presets import get_preset
+from .method.keypoints import ResizeMode
+from .method.pose_presets import get_preset
+from .models.discovery import AUTO
 
 try:
     from pydantic.v1 import BaseModel, Extra, Field, ValidationError, root_validator, validator
@@ -168,7 +168,7 @@ def _as_lower(cls: type, value: object) -> object:
 class Person(BaseModel):
     """One of several people in one image: who (photos or a saved identity), where, how strongly.
 
-    Regions (see :mod:`instantid_ext.regions`): ``auto`` (a face of the pose image, or of the
+    Regions (see :mod:`instantid_ext.method.regions`): ``auto`` (a face of the pose image, or of the
     img2img init image; ``region_face`` picks which, else the next from the left), ``left`` /
     ``right`` / ``top`` / ``bottom`` (bands), ``box`` (``box`` = x1, y1, x2, y2 as fractions
     of the output) or ``mask`` (an uploaded mask image).

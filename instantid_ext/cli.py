@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .antelopev2 import find_root
 from .doctor import Layout, doctor, identities, make_layout, print_doctor
 from .errors import InstantIDError, InvalidInputError
-from .file_hashes import JsonHashStore, set_hash_store
+from .faces.antelopev2 import find_root
+from .models.file_hashes import JsonHashStore, set_hash_store
 
 PROG = "python -m instantid_ext"
 FACE_CHOICES = ("largest", "index", "highest_score")
@@ -42,7 +42,7 @@ EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
 def _analyzer(layout: Layout) -> Any:
-    from .face import FaceAnalyzer
+    from .faces.analysis import FaceAnalyzer
 
     return FaceAnalyzer(find_root(layout.insightface_roots), providers=layout.providers)
 
@@ -66,8 +66,8 @@ def analyze(
     layout: Layout, image_path: Path, choice: str, index: int, out_path: Path | None
 ) -> dict[str, Any]:
     """Faces left to right, the chosen one, and the keypoint image written to ``out_path``."""
-    from .face import choose_face
-    from .keypoints import draw_kps
+    from .faces.analysis import choose_face
+    from .method.keypoints import draw_kps
 
     image = _read_image(image_path)
     analyzer = _analyzer(layout)
@@ -121,7 +121,7 @@ def print_analysis(result: dict[str, Any], out: TextIO) -> None:
 def identity_save(
     layout: Layout, name: str, images: Sequence[Path], choice: str, index: int, overwrite: bool
 ) -> dict[str, Any]:
-    from .identity import Identity, IdentityStore
+    from .faces.identity import Identity, IdentityStore
 
     store = IdentityStore(layout.identity_dir)
     target = store.path_for(name)

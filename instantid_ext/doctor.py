@@ -15,16 +15,16 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .antelopev2 import candidate_roots, find_root, pack_status
+from .dists import ONNXRUNTIME_FLAVOURS, OPENCV_FLAVOURS, newest, older_than
 from .errors import InstantIDError
-from .models import AUTO, ModelKind, resolve_model, scan_models, short_hash
+from .faces.antelopev2 import candidate_roots, find_root, pack_status
+from .models.discovery import AUTO, ModelKind, resolve_model, scan_models, short_hash
 
 PACKAGE_DIR = Path(__file__).absolute().parent  # not resolve(): keep a symlinked extensions/<name>
 
@@ -120,26 +120,6 @@ def make_layout(
 # Python packages
 # --------------------------------------------------------------------------------------
 
-ONNXRUNTIME_FLAVOURS = (
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxruntime-directml",
-    "onnxruntime-silicon",
-    "onnxruntime-openvino",
-    "onnxruntime-rocm",
-    "onnxruntime-migraphx",
-    "onnxruntime-qnn",
-    "onnxruntime-training",
-    "ort-nightly",
-    "ort-nightly-gpu",
-)
-OPENCV_FLAVOURS = (
-    "opencv-python",
-    "opencv-python-headless",
-    "opencv-contrib-python",
-    "opencv-contrib-python-headless",
-)
-
 
 @dataclass(frozen=True)
 class Package:
@@ -167,12 +147,6 @@ PACKAGES: tuple[Package, ...] = (
 )
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    """``"2.1.0+cu121"`` → ``(2, 1, 0)``: the leading numbers, enough for minimum checks."""
-    numbers = re.findall(r"\d+", version.split("+")[0].split("-")[0])
-    return tuple(int(n) for n in numbers[:4])
-
-
 def _dist_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -190,7 +164,7 @@ def _import_problem(package: Package) -> str | None:
     broken installs, e.g. OpenCV without its system libraries)."""
     if package.module == "insightface":
         try:
-            from .face import _import_insightface
+            from .faces.analysis import _import_insightface
 
             _import_insightface()
         except InstantIDError as err:  # says which dependency is missing and how to install it
@@ -249,7 +223,7 @@ def check_package(package: Package) -> dict[str, Any]:
             f'"{sys.executable}" -m pip uninstall <name>'
         )
         return result
-    if version and package.minimum and version_key(version) < version_key(package.minimum):
+    if version and package.minimum and older_than(version, package.minimum):
         result["problem"] = (
             f"{package.label} {version} is older than {package.minimum}; upgrade it with: {_pip(requirement)}"
         )
@@ -263,8 +237,8 @@ def _side_by_side_problem(package: Package, installed: dict[str, str]) -> str | 
     releases, the last one installed winning file by file) or when the result does not import."""
     if len(set(installed.values())) > 1:
         listed = ", ".join(f"{name} {version}" for name, version in installed.items())
-        newest = max(installed.values(), key=version_key)
-        pins = " ".join(f'"{name}=={newest}"' for name in installed)
+        latest = newest(list(installed.values()))
+        pins = " ".join(f'"{name}=={latest}"' for name in installed)
         return (
             f"{listed} are installed at different versions; they share the folder '{package.module}', "
             f"which now mixes both releases: bring them to one version with "
@@ -298,7 +272,7 @@ def _providers(layout: Layout) -> dict[str, Any]:
     try:
         import onnxruntime
 
-        from .face import resolve_providers
+        from .faces.analysis import resolve_providers
 
         info["available"] = list(onnxruntime.get_available_providers())
         info["used"] = list(resolve_providers(layout.providers))
@@ -318,7 +292,7 @@ def _model_problem(kind: ModelKind, inventory: Any) -> str | None:
 
 
 def identities(layout: Layout) -> list[dict[str, Any]]:
-    from .identity import IdentityStore
+    from .faces.identity import IdentityStore
 
     store = IdentityStore(layout.identity_dir)
     items = []

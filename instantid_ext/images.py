@@ -180,19 +180,9 @@ def _open_bytes(data: bytes, what: str) -> Image.Image:
         raise InvalidInputError(msg) from err
 
 
-_EXTRA_IMAGE_DIRS: list[Path] = []
-
-
-def allow_image_dir(folder: Path | str) -> None:
-    """Let image paths below ``folder`` be read (the WebUI's own temp folder for uploads)."""
-    resolved = Path(folder).expanduser().resolve()
-    if resolved not in _EXTRA_IMAGE_DIRS:
-        _EXTRA_IMAGE_DIRS.append(resolved)
-
-
 def _readable_dirs() -> list[Path]:
     """Where uploaded images live: gradio copies uploads into the temp folder."""
-    dirs = [Path(tempfile.gettempdir()).resolve(), *_EXTRA_IMAGE_DIRS]
+    dirs = [Path(tempfile.gettempdir()).resolve()]
     if os.environ.get("GRADIO_TEMP_DIR"):
         dirs.append(Path(os.environ["GRADIO_TEMP_DIR"]).expanduser().resolve())
     return dirs

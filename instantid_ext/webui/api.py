@@ -41,11 +41,11 @@ from starlette.exceptions import HTTPException
 
 from ..args import InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError
-from ..face import ChoiceMode, Face, choose_face
-from ..identity import SUFFIX, Identity, check_identity_name
+from ..faces.analysis import ChoiceMode, Face, choose_face
+from ..faces.identity import SUFFIX, Identity, check_identity_name
 from ..images import MAX_IMAGE_PIXELS, b64decode_lenient, decode_image, encode_image_png_base64
-from ..keypoints import draw_kps
-from ..resources import Resources
+from ..job.resources import Resources
+from ..method.keypoints import draw_kps
 
 try:
     from pydantic.v1 import BaseModel, Extra, Field, root_validator, validator

@@ -13,7 +13,8 @@ from typing import Any
 from modules import script_callbacks
 
 from .. import __version__
-from . import host, job, settings, xyz
+from ..job import lifecycle as job
+from . import host, settings, xyz
 from .services import controlnet_status, face_keypoints_for_controlnet, remove_legacy_links, resources
 
 logger = logging.getLogger("instantid_ext")

@@ -3,26 +3,40 @@
 Each face of a finished image is restyled by a generation of its own: the WebUI's img2img
 with the face mask, "Only masked" at the face pass's working size, run by a script runner
 that holds only ControlNet and this script, with this script's arguments switched to the
-face (:func:`instantid_ext.face_pass.nested_arguments`). The nested generation is a job of
-its own (:mod:`.job`): it undoes what it changes, and ControlNet's state of the outer
+face (:func:`instantid_ext.job.face_pass.nested_arguments`). The nested generation is a job of
+its own (:mod:`instantid_ext.job.lifecycle`): it undoes what it changes, and ControlNet's state of the outer
 generation is put back afterwards (:meth:`ControlNetBridge.preserved`), so later batches of
 the outer job sample as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from PIL import Image
 
+from ..args import InstantIDArgs
 from ..errors import InstantIDError
-from ..face_pass import face_targets, nested_arguments, prompt_for
+from ..job.face_pass import face_targets, nested_arguments, prompt_for
+from ..job.resources import Resources
 from . import host
 
-if TYPE_CHECKING:
-    from .run import Run
+
+class OuterRun(Protocol):
+    """What the face pass needs of the generation whose faces it restyles (a :class:`~.run.Run`)."""
+
+    args: InstantIDArgs
+    resources: Resources
+
+    def warn(self, message: str) -> None: ...
+
+    def controlnet_script(self, p: Any) -> Any: ...
+
+    def preserve_controlnet(self, p: Any) -> contextlib.AbstractContextManager[None]: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +46,7 @@ def image_index(p: Any) -> int:
     return int(getattr(p, "iteration", 0) or 0) * int(p.batch_size) + int(getattr(p, "batch_index", 0) or 0)
 
 
-def restyle_faces(run: Run, p: Any, script: Any, image: Image.Image, index: int) -> Image.Image:
+def restyle_faces(run: OuterRun, p: Any, script: Any, image: Image.Image, index: int) -> Image.Image:
     """The face pass over one finished image; returns the image with its face(s) redrawn."""
     args = run.args
     analyzer = run.resources.analyzer()
@@ -47,7 +61,9 @@ def restyle_faces(run: Run, p: Any, script: Any, image: Image.Image, index: int)
     return image
 
 
-def _restyle_one(run: Run, p: Any, script: Any, image: Image.Image, target: Any, index: int) -> Image.Image:
+def _restyle_one(
+    run: OuterRun, p: Any, script: Any, image: Image.Image, target: Any, index: int
+) -> Image.Image:
     args = run.args
     seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", -1)]
     subseeds = getattr(p, "all_subseeds", None) or [getattr(p, "subseed", -1)]
@@ -75,7 +91,7 @@ def _restyle_one(run: Run, p: Any, script: Any, image: Image.Image, target: Any,
     return result if result.size == image.size else result.resize(image.size, Image.LANCZOS)
 
 
-def _nested_scripts(run: Run, p: Any, script: Any) -> tuple[Any, tuple]:
+def _nested_scripts(run: OuterRun, p: Any, script: Any) -> tuple[Any, tuple]:
     """A runner with only ControlNet and this script, and the arguments for it.
 
     ControlNet's slots are emptied (the user's units belong to the whole picture, not to a

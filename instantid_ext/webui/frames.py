@@ -4,7 +4,7 @@ IdentityNet's hint and the face mask must be drawn in the coordinates of the lat
 sampler works on. The WebUI decides those in ``p.init()`` (img2img resize, the "Only masked"
 crop around the inpaint mask, the hires-fix target and its centred crop), so these functions
 are called once that has run (from ``process_batch``) and describe each step as a
-:class:`~instantid_ext.geometry.Frame`, with the same integer arithmetic as
+:class:`~instantid_ext.method.geometry.Frame`, with the same integer arithmetic as
 ``modules/processing.py`` (1.6–1.10).
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..geometry import Frame
-from ..keypoints import ResizeMode, ResizeModeLike
+from ..method.geometry import Frame
+from ..method.keypoints import ResizeMode, ResizeModeLike
 
 #: The WebUI's latent downscale factor (``opt_f``).
 LATENT_SCALE = 8

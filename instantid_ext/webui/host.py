@@ -24,9 +24,9 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from modules import paths, script_callbacks, shared
 
 from ..errors import DependencyError, IncompatibleModelError, InstantIDError
-from ..file_hashes import set_hash_store
-from ..resources import Locations
-from ..sdxl_layers import sdxl_attn2_layers
+from ..job.resources import Locations
+from ..method.sdxl_layers import sdxl_attn2_layers
+from ..models.file_hashes import set_hash_store
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Several people in one generation: the WebUI side of :mod:`instantid_ext.people`.
+"""Several people in one generation: the WebUI side of :mod:`instantid_ext.job.people`.
 
 A :class:`People` object belongs to one :class:`~instantid_ext.webui.run.Run`. It analyses each
 person and the faces of the pose/init image in ``before_process``, lays the regions and
@@ -17,16 +17,29 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from ..args import InstantIDArgs
-from ..face import Face
-from ..geometry import Frame
-from ..identitynet_regions import identity_context, multi_identity_hint, region_strength_map
-from ..ip_adapter import IPAdapter
-from ..ip_attention import IPIdentity
-from ..people import PersonConditioning, PersonPlacement, canvas_faces, person_conditioning, place_people
-from ..pipeline import FaceTokens
-from ..resources import Resources
+from ..faces.analysis import Face
+from ..job.conditioning import FaceTokens
+from ..job.people import (
+    PersonConditioning,
+    PersonPlacement,
+    canvas_faces,
+    describe,
+    person_conditioning,
+    place_people,
+)
+from ..job.resources import Resources
+from ..method.attention import IPIdentity
+from ..method.geometry import Frame
+from ..method.identitynet_regions import (
+    RegionalIdentityNet,
+    identity_context,
+    multi_identity_hint,
+    region_strength_map,
+)
+from ..method.ip_adapter import IPAdapter
 from . import frames
 
 logger = logging.getLogger(__name__)
@@ -116,10 +129,53 @@ class People:
         cond = identity_context([t.cond for t in self.tokens])
         return cond, identity_context([t.uncond for t in self.tokens])
 
-    def infotext(self) -> str:
-        from ..people import describe
+    # -- what a run asks of its people (as of :class:`~.person.OnePerson`) ---------------------
+    people_mode = True
+    """The face pass and per-person scores are for one person: with people they are skipped or per region."""
 
-        return describe(self.args, self.conditionings)
+    @property
+    def laid_out(self) -> bool:
+        return bool(self.passes)
+
+    def forget_layout(self) -> None:
+        self.passes.clear()
+
+    def hint(self, name: str) -> np.ndarray | None:
+        """The keypoint image IdentityNet gets in pass ``name`` (None: no such pass)."""
+        layout = self.passes.get(name)
+        return None if layout is None else layout.hint
+
+    def renoise(self, adapter: IPAdapter, noise: float, seed: int) -> None:
+        """Each person's uncond tokens from seeded noise."""
+        self.tokens = [
+            FaceTokens.from_embedding(adapter, c.embedding, noise=noise, seed=seed)
+            for c in self.conditionings
+        ]
+
+    def hires_masks(self) -> list[torch.Tensor] | None:
+        """The UNet's region masks for the hires pass, or None without hires fix."""
+        return self.masks("hires") if "hires" in self.passes else None
+
+    def unit_mask(self, name: str) -> np.ndarray | None:
+        """IdentityNet's residual multiplier for pass ``name``: each region's strength."""
+        layout = self.passes.get(name)
+        return None if layout is None else layout.strength_map(self.strengths)
+
+    def identitynet_hook(self, bridge: Any, unit: Any, name: str, current_pass: Any) -> RegionalIdentityNet:
+        """IdentityNet's attention bound to each person's region for pass ``name`` (and, on ControlNet
+        1.1.444-1.1.445, which has no per-unit mask, the strengths as a residual map)."""
+        param = unit.param
+        assert param is not None
+        strengths = None if hasattr(param, "effective_region_mask") else self.strengths
+        return RegionalIdentityNet(param.control_model, self.masks(name), strengths)
+
+    def hint_images(self) -> list[Image.Image]:
+        return [Image.fromarray(self.passes[name].hint) for name in ("first", "hires") if name in self.passes]
+
+    def infotext(self, extra: dict[str, str]) -> None:
+        """Each person's source and settings instead of one source."""
+        del extra["InstantID source"]
+        extra["InstantID people"] = describe(self.args, self.conditionings)
 
 
 def _pose_faces(

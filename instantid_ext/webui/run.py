@@ -1,4 +1,4 @@
-"""One generation with InstantID, as a :class:`~instantid_ext.webui.job.Job` that undoes itself.
+"""One generation with InstantID, as a :class:`~instantid_ext.job.lifecycle.Job` that undoes itself.
 
 The work is split by when the host's state is final:
 
@@ -22,33 +22,35 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..args import INFOTEXT_PREFIX, InstantIDArgs
 from ..errors import InstantIDError, InvalidInputError, NoFaceError
-from ..ip_adapter import IPAdapter
-from ..ip_attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
-from ..models import ModelFile, short_hash
-from ..pipeline import (
+from ..job.conditioning import (
     ORIGIN_TEXT,
     FaceConditioning,
     FacePose,
     FaceTokens,
-    PlacedPose,
     black_hint,
     build_face_conditioning,
     pose_from_image,
-    preset_pose,
 )
-from ..pose_presets import PoseEdit
-from ..resources import Resources
+from ..job.lifecycle import Job
+from ..job.resources import Resources
+from ..method.attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
+from ..method.ip_adapter import IPAdapter
+from ..models.discovery import ModelFile, short_hash
 from . import face_pass, frames, host, scoring
-from .job import Job
+from .controlnet import ControlNetBridge, finish_failed_job, forget_marked_prompts
 from .people import People
+from .person import OnePerson
 
 logger = logging.getLogger(__name__)
+
+
+Cast = OnePerson | People
+"""The people of a run: one reference face, or up to four people in regions."""
 
 
 class Run(Job):
@@ -58,7 +60,8 @@ class Run(Job):
         super().__init__(p, args)
         self.resources = resources
         self.conditioning: FaceConditioning | None = None
-        self.tokens: FaceTokens | None = None
+        self.cast: Cast | None = None
+        """The people in the picture, one to four; set by :func:`start`."""
         self.adapter: IPAdapter | None = None
         self.adapter_file: ModelFile | None = None
         self.identitynet_file: ModelFile | None = None
@@ -67,19 +70,14 @@ class Run(Job):
         self.router = RowRouter()
         self.precomputed: PrecomputedKV = {}
         """Face keys/values per layer, computed in the first UNet call and reused by the next ones."""
-        self.placed: PlacedPose | None = None
-        self.hr_placed: PlacedPose | None = None
-        self.hint: np.ndarray | None = None
-        self.masks: dict[str, torch.Tensor | None] = {"first": None, "hires": None}
         self.early_canvas: tuple[int, int] | None = None
         """The canvas the layout was made for in ``before_process`` (:meth:`place_early`)."""
         self.pass_name = "first"
         self.patch: IPAttentionPatch | None = None
         self.noise_seed: int | None = None
-        self.people: People | None = None
-        """Several people (``args.people``), else None."""
         self.regional: Any = None
-        """IdentityNet's region-bound attention for several people, while sampling."""
+        """IdentityNet's region hook while sampling: several people's region-bound attention, or
+        one person's face-region mask on ControlNet 1.1.444-1.1.445."""
         self.likeness_reference: Any = None
         self.scores: list[tuple[int, Any]] = []
         """(image index, LikenessResult) for each scored output."""
@@ -96,6 +94,11 @@ class Run(Job):
     def pose(self) -> FacePose | None:
         return None if self.conditioning is None else self.conditioning.pose
 
+    @property
+    def people(self) -> People | None:
+        """Several people (``args.people``), else None."""
+        return self.cast if isinstance(self.cast, People) else None
+
     # -- process_batch: the geometry is final ----------------------------------------------
     def on_batch(self, p: Any) -> None:
         """Draw the hint and the face mask where the sampler works, and give them to ControlNet."""
@@ -104,24 +107,23 @@ class Run(Job):
         host.check_sdxl_base(p.sd_model)
         if self.early_canvas is not None and self.early_canvas != frames.canvas_size(p):
             self._forget_layout()  # another script resized the job after before_process
-        if self.people is not None:
-            self._on_batch_people(p)
-            return
-        if self.placed is None and self.hint is None:
-            self._place(p)
+        cast = self.cast
+        assert cast is not None
+        if not cast.laid_out:
+            cast.place(p)
         if self.args.noise > 0:
             self._noise_tokens(p)
         if self.bridge is None or self.unit is None:
             return
-        assert self.tokens is not None
+        cond, uncond = cast.context_tokens()
         self.bridge.apply_face_context(
             p,
             self.unit,
-            self.tokens.cond,
-            self.tokens.uncond,
-            hint=self.hint,
-            hr_hint=None if self.hr_placed is None else self.hr_placed.hint(),
-            region_mask=self._mask_array("first"),
+            cond,
+            uncond,
+            hint=cast.hint("first"),
+            hr_hint=cast.hint("hires"),
+            region_mask=cast.unit_mask("first"),
         )
 
     def place_early(self, p: Any) -> None:
@@ -131,224 +133,90 @@ class Run(Job):
         if not frames.canvas_is_final(p):
             return
         self.early_canvas = frames.canvas_size(p)
-        if self.people is not None:
-            self.people.place(p)
-            self.hint = self.people.passes["first"].hint
-        else:
-            self._place(p)
+        assert self.cast is not None
+        self.cast.place(p)
         if self.failure is not None:
             failure, self.failure = self.failure, None
             raise failure
 
     def _forget_layout(self) -> None:
-        self.early_canvas = self.placed = self.hr_placed = self.hint = None
-        self.masks = {"first": None, "hires": None}
-        if self.people is not None:
-            self.people.passes.clear()
-
-    def _on_batch_people(self, p: Any) -> None:
-        people = self.people
-        assert people is not None
-        if not people.passes:
-            people.place(p)
-            self.hint = people.passes["first"].hint
-        if self.args.noise > 0:
-            self._noise_tokens(p)
-        if self.bridge is None or self.unit is None:
-            return
-        cond, uncond = people.context_tokens()
-        hires = people.passes.get("hires")
-        self.bridge.apply_face_context(
-            p,
-            self.unit,
-            cond,
-            uncond,
-            hint=people.passes["first"].hint,
-            hr_hint=None if hires is None else hires.hint,
-            region_mask=people.passes["first"].strength_map(people.strengths),
-        )
-
-    def _place(self, p: Any) -> None:
-        canvas = frames.canvas_size(p)
-        placed = self._placed_on(p, canvas)
-        if placed is None:
-            self.hint = black_hint(canvas)
-            return
-        self.placed = placed.edited(self.edit)
-        self.hint = self.placed.hint()
-        hires = frames.hires_frame(p)
-        if hires is not None:
-            self.hr_placed = self.placed.then(hires)
-        self._check_placement()
-        if self.args.face_region_only:
-            self.masks["first"] = _as_tensor(self.placed.region_mask())
-            if self.hr_placed is not None:
-                self.masks["hires"] = _as_tensor(self.hr_placed.region_mask())
-
-    def _placed_on(self, p: Any, canvas: tuple[int, int]) -> PlacedPose | None:
-        """The pose on the first pass's canvas, before the user's edits."""
-        if self.args.pose_source == "preset":
-            return preset_pose(self.args.pose_preset, canvas)
-        pose = self.pose
-        if pose is None:
-            return None
-        if pose.origin == "init_image":
-            return pose.place(frames.init_frame(p, pose.size))
-        return pose.place(frames.layout_frame(p, pose.size, self.args.resize_mode))
-
-    @property
-    def edit(self) -> PoseEdit:
-        a = self.args
-        return PoseEdit(a.pose_mirror, a.pose_rotate, a.pose_scale, a.pose_offset_x, a.pose_offset_y)
-
-    def _check_placement(self) -> None:
-        assert self.placed is not None
-        for placed in (self.placed, self.hr_placed):
-            if placed is None:
-                continue
-            problem = placed.problem()
-            if problem is None:
-                continue
-            if self.args.face_region_only and placed.box_visible <= 0.0:
-                msg = (
-                    f"'Face region only' is on, but the face box from {ORIGIN_TEXT[placed.origin]} lies "
-                    f"entirely outside the {placed.size[0]}×{placed.size[1]} canvas, so InstantID would "
-                    "change nothing. Use an output size closer to the photo's aspect ratio, the resize "
-                    "mode 'Resize and Fill', a pose image, or turn 'Face region only' off."
-                )
-                self.fail(InvalidInputError(msg))
-                return
-            self.warn(problem)
+        self.early_canvas = None
+        assert self.cast is not None
+        self.cast.forget_layout()
 
     def _noise_tokens(self, p: Any) -> None:
         """Uncond tokens from seeded noise (the batch's first seed), as the noise option asks."""
         seed = _batch_seed(p)
         if seed == self.noise_seed:
             return
-        adapter, noise = self.adapter, self.args.noise
-        assert adapter is not None and self.conditioning is not None
-        if self.people is not None:
-            self.people.tokens = [
-                FaceTokens.from_embedding(adapter, c.embedding, noise=noise, seed=seed)
-                for c in self.people.conditionings
-            ]
-        else:
-            embedding = self.conditioning.embedding
-            self.tokens = FaceTokens.from_embedding(adapter, embedding, noise=noise, seed=seed)
+        assert self.adapter is not None and self.cast is not None
+        self.cast.renoise(self.adapter, self.args.noise, seed)
         self.noise_seed = seed
         self.precomputed.clear()  # the uncond keys/values changed
 
-    def _mask_array(self, name: str) -> np.ndarray | None:
-        mask = self.masks.get(name)
-        return None if mask is None else mask.numpy()
-
-    def mask_tensor(self) -> torch.Tensor | None:
-        """The face mask of the pass being sampled, ``(1, 1, H, W)`` (ControlNet's residual mask form)."""
-        mask = self.masks.get(self.pass_name)
-        return None if mask is None else mask[None, None]
-
     def enter_hires(self, p: Any) -> None:
-        """``before_hr``: mark the hires prompts for ControlNet; switch the face mask to the hires canvas."""
+        """``before_hr``: mark the hires prompts for ControlNet; switch the face masks to the hires canvas."""
         self.pass_name = "hires"
         if self.bridge is not None:
             self.bridge.mark_hires_conds(p)
             if self.unit is not None:
                 self.bridge.enter_hires(self.unit)
-        if self.people is not None:
-            self._people_hires()
-            return
-        if not self.args.face_region_only:
-            return
-        mask = self.masks.get("hires")
-        if self.patch is not None:
-            self.patch.set_masks([mask])
-        if self.unit is not None:
-            self.bridge.set_region_mask(self.unit, None if mask is None else mask.numpy())
-
-    def _people_hires(self) -> None:
-        people = self.people
-        assert people is not None
-        hires = people.passes.get("hires")
-        if hires is None:
+        assert self.cast is not None
+        masks = self.cast.hires_masks()
+        if masks is None:
             return
         if self.patch is not None:
-            self.patch.set_masks(people.masks("hires"))
+            self.patch.set_masks(masks)
         if self.unit is not None:
-            self.bridge.set_region_mask(self.unit, hires.strength_map(people.strengths))
+            self.bridge.set_region_mask(self.unit, self.cast.unit_mask("hires"))
         if self.regional is not None:
-            self._remove_regional()
-            self.regional = self._regional_identitynet("hires")
+            self._bind_identitynet("hires")
 
-    def _remove_regional(self) -> None:
+    def _bind_identitynet(self, name: str) -> None:
+        """IdentityNet's region hook for pass ``name`` (replacing the previous pass's)."""
+        self._unbind_identitynet()
+        assert self.cast is not None
+        self.regional = self.cast.identitynet_hook(self.bridge, self.unit, name, lambda: self.pass_name)
+
+    def _unbind_identitynet(self) -> None:
         if self.regional is not None:
             self.regional.remove()
             self.regional = None
-
-    def _regional_identitynet(self, name: str) -> Any:
-        """IdentityNet's attention bound to each person's region (and, on ControlNet 1.1.444-1.1.445,
-        which has no per-unit mask, the strengths as a residual map)."""
-        from ..identitynet_regions import RegionalIdentityNet
-
-        people = self.people
-        assert people is not None and self.unit is not None and self.unit.param is not None
-        param = self.unit.param
-        strengths = None if hasattr(param, "effective_region_mask") else people.strengths
-        return RegionalIdentityNet(param.control_model, people.masks(name), strengths)
 
     # -- p.sample: the checkpoint is final ---------------------------------------------------
     @contextlib.contextmanager
     def sampling(self, p: Any) -> Iterator[None]:
         """Face tokens in the UNet, the denoiser callback and our ControlNet hooks, for one call."""
         if self.failure is not None:
-            _forget_marked_prompts(p)  # ControlNet may have marked them already
+            forget_marked_prompts(p)  # ControlNet may have marked them already
             raise host.as_http_error(self.failure)
         try:
             host.check_sdxl_base(p.sd_model)
             unet = host.unet_of(p.sd_model)
         except InstantIDError as err:
             logger.error("%s", err)
-            _forget_marked_prompts(p)
+            forget_marked_prompts(p)
             raise host.as_http_error(err) from None
-        assert self.adapter is not None and self.tokens is not None
+        assert self.adapter is not None and self.cast is not None
         self.pass_name = "first"
         a = self.args
         with contextlib.ExitStack() as stack:
-            if self.people is not None:
-                patch: IPAttentionPatch = MultiIPAttentionPatch(
-                    unet,
-                    self.adapter,
-                    self.people.ip_identities("first"),
-                    start=a.id_start,
-                    end=a.id_end,
-                    router=self.router,
-                    precomputed=self.precomputed,
-                )
-            else:
-                patch = IPAttentionPatch(
-                    unet,
-                    self.adapter,
-                    self.tokens.cond,
-                    self.tokens.uncond,
-                    scale=a.id_weight,
-                    start=a.id_start,
-                    end=a.id_end,
-                    mask=self.masks["first"],
-                    router=self.router,
-                    precomputed=self.precomputed,
-                )
+            patch = MultiIPAttentionPatch(
+                unet,
+                self.adapter,
+                self.cast.ip_identities("first"),
+                start=a.id_start,
+                end=a.id_end,
+                router=self.router,
+                precomputed=self.precomputed,
+            )
             stack.callback(patch.remove)
             self.patch = patch
             stack.callback(setattr, self, "patch", None)
             stack.enter_context(host.cfg_denoiser_callback(self._denoiser_callback(p)))
             if self.unit is not None and self.unit.param is not None:
-                if self.people is not None:
-                    self.regional = self._regional_identitynet("first")
-                    stack.callback(self._remove_regional)  # the hires pass may have replaced it
-                else:
-                    tokens = int(self.tokens.cond.shape[1])
-                    handle = self.bridge.residual_mask_hook(self.unit, self.mask_tensor, tokens)
-                    if handle is not None:
-                        stack.callback(handle.remove)
+                self._bind_identitynet("first")
+                stack.callback(self._unbind_identitynet)  # the hires pass may have replaced it
             yield
         if self.failure is not None:
             raise host.as_http_error(self.failure)
@@ -379,7 +247,7 @@ class Run(Job):
             self.bridge.drop_unit_infotext(p, self.unit)
         index = face_pass.image_index(p)
         if self.args.face_pass:
-            if self.people is not None:
+            if self.cast is not None and self.cast.people_mode:
                 self.warn("The face pass restyles one person's face; with several people it is skipped.")
             else:
                 pp.image = face_pass.restyle_faces(self, p, script, pp.image, index)
@@ -389,9 +257,7 @@ class Run(Job):
     # -- nested generations ----------------------------------------------------------------------
     def controlnet_script(self, p: Any) -> Any:
         """ControlNet's script object in ``p``'s runner, or None."""
-        if self.bridge is None:
-            return None
-        return self.bridge._ec.find_cn_script(getattr(p, "scripts", None))
+        return None if self.bridge is None else self.bridge.script_of(p)
 
     def preserve_controlnet(self, p: Any) -> contextlib.AbstractContextManager[None]:
         """Around a nested generation: ControlNet's state for this job comes back after it."""
@@ -400,12 +266,7 @@ class Run(Job):
     # -- results -----------------------------------------------------------------------------
     def hint_outputs(self) -> list[Image.Image]:
         """The keypoint images IdentityNet received (first pass, then hires), for "show the hint"."""
-        hints = [] if self.hint is None else [Image.fromarray(self.hint)]
-        if self.hr_placed is not None:
-            hints.append(Image.fromarray(self.hr_placed.hint()))
-        elif self.people is not None and "hires" in self.people.passes:
-            hints.append(Image.fromarray(self.people.passes["hires"].hint))
-        return hints
+        return [] if self.cast is None else self.cast.hint_images()
 
 
 def _batch_seed(p: Any) -> int:
@@ -414,30 +275,12 @@ def _batch_seed(p: Any) -> int:
     return int(seeds[0])
 
 
-def _as_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
-    return None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
-
-
-def _forget_marked_prompts(p: Any) -> None:
-    from .controlnet import forget_marked_prompts
-
-    forget_marked_prompts(p)
-
-
 def _undo_failed_job(run: Run, p: Any) -> None:
     """What ControlNet set up for a job that did not reach ``postprocess``, then the job itself."""
-    from .controlnet import finish_failed_job
-
     try:
         finish_failed_job(p)
     finally:
         run.close()
-
-
-def _controlnet_bridge() -> Any:
-    from .controlnet import ControlNetBridge
-
-    return ControlNetBridge.detect()
 
 
 def _resolve_pose(run: Run, p: Any, conditioning: FaceConditioning, resources: Resources) -> FacePose | None:
@@ -504,19 +347,9 @@ def _forget_earlier_infotext(p: Any) -> None:
 def _prepare(run: Run, p: Any, resources: Resources) -> None:
     args = run.args
     run.adapter_file, run.adapter = resources.adapter(args.ip_adapter_model)
-    if args.people:
-        run.people = People.prepare(args, p, resources, run.adapter)
-        first = run.people.conditionings[0]
-        run.conditioning = FaceConditioning(first.embedding, None, "people", len(args.people))
-        run.tokens = run.people.tokens[0]
-        if any(person.control_weight > 0 for person in args.people):
-            _prepare_identitynet(run, p, resources, weight=1.0)  # the strengths go per region
-    else:
-        conditioning = build_face_conditioning(args, resources.analyzer, resources.identities())
-        run.conditioning = conditioning.with_pose(_resolve_pose(run, p, conditioning, resources))
-        run.tokens = FaceTokens.from_embedding(run.adapter, run.conditioning.embedding)
-        if args.control_weight > 0:
-            _prepare_identitynet(run, p, resources, weight=args.control_weight)
+    weight = _prepare_cast(run, p, resources, run.adapter)
+    if weight > 0:
+        _prepare_identitynet(run, p, resources, weight=weight)
     run.place_early(p)
     _seed_init_encoding(run, p)
     _wrap_sampling(run, p)
@@ -524,9 +357,26 @@ def _prepare(run: Run, p: Any, resources: Resources) -> None:
     p.extra_generation_params.update(args.to_infotext(extra=_infotext_extra(run)))
 
 
+def _prepare_cast(run: Run, p: Any, resources: Resources, adapter: IPAdapter) -> float:
+    """The people of the run (one reference face is a cast of one); returns IdentityNet's unit weight."""
+    args = run.args
+    if args.people:
+        people = People.prepare(args, p, resources, adapter)
+        first = people.conditionings[0]
+        run.conditioning = FaceConditioning(first.embedding, None, "people", len(args.people))
+        run.cast = people
+        # The strengths go per region, as the unit's residual map.
+        return 1.0 if any(person.control_weight > 0 for person in args.people) else 0.0
+    conditioning = build_face_conditioning(args, resources.analyzer, resources.identities())
+    run.conditioning = conditioning.with_pose(_resolve_pose(run, p, conditioning, resources))
+    tokens = FaceTokens.from_embedding(adapter, run.conditioning.embedding)
+    run.cast = OnePerson(args, run.conditioning, tokens, run.warn, run.fail)
+    return args.control_weight
+
+
 def _prepare_identitynet(run: Run, p: Any, resources: Resources, weight: float) -> None:
     args = run.args
-    bridge = _controlnet_bridge()
+    bridge = ControlNetBridge.detect()
     run.identitynet_file = resources.identitynet(args.identitynet_model)
     if not bridge.has_script(p):
         run.warn(
@@ -628,20 +478,13 @@ def _infotext_extra(run: Run) -> dict[str, str]:
     if run.identitynet_file is not None:
         extra["InstantID IdentityNet"] = run.identitynet_file.name
         extra["InstantID IdentityNet hash"] = short_hash(run.identitynet_file.path)
-    if run.people is not None:
-        del extra["InstantID source"]
-        extra["InstantID people"] = run.people.infotext()
-        return extra
-    pose = run.conditioning.pose
-    if run.args.pose_source == "preset":
-        extra["InstantID keypoints from"] = f"preset {run.args.pose_preset}"
-    elif run.args.pose_source == "auto":
-        extra["InstantID keypoints from"] = "none" if pose is None else pose.origin.replace("_", " ")
+    assert run.cast is not None
+    run.cast.infotext(extra)
     return extra
 
 
 def run_of(p: Any) -> Run | None:
-    from .job import job_of
+    from ..job.lifecycle import job_of
 
     job = job_of(p)
     return job if isinstance(job, Run) else None

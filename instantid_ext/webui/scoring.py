@@ -1,29 +1,47 @@
 """The likeness score of each output, written into its infotext (one person or several).
 
 The score is the cosine between ArcFace embeddings of the output's face and the reference
-(:mod:`instantid_ext.likeness`); the reference is built once per job. With several people,
+(:mod:`instantid_ext.faces.likeness`); the reference is built once per job. With several people,
 each person is scored on the faces inside that person's region.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from ..likeness import format_infotext, format_summary
+from ..args import InstantIDArgs
+from ..faces.likeness import format_infotext, format_summary
+from ..job.conditioning import FaceConditioning, FacePose
+from ..job.resources import Resources
+from .people import People
 
-if TYPE_CHECKING:
-    from .run import Run
+
+class ScoredRun(Protocol):
+    """What scoring needs of the generation whose outputs it scores (a :class:`~.run.Run`)."""
+
+    args: InstantIDArgs
+    resources: Resources
+    conditioning: FaceConditioning | None
+    likeness_reference: Any
+    scores: list[tuple[int, Any]]
+
+    @property
+    def pose(self) -> FacePose | None: ...
+
+    @property
+    def people(self) -> People | None: ...
+
 
 logger = logging.getLogger(__name__)
 
 LIKENESS_KEY = "InstantID likeness"
 
 
-def score_output(run: Run, p: Any, image: Image.Image, index: int) -> None:
+def score_output(run: ScoredRun, p: Any, image: Image.Image, index: int) -> None:
     """Score output image ``index`` and write the result where its infotext is built from."""
     if run.people is not None:
         _score_people(run, p, image, index)
@@ -31,7 +49,7 @@ def score_output(run: Run, p: Any, image: Image.Image, index: int) -> None:
         _score_one(run, p, image, index)
 
 
-def _score_one(run: Run, p: Any, image: Image.Image, index: int) -> None:
+def _score_one(run: ScoredRun, p: Any, image: Image.Image, index: int) -> None:
     scorer = run.resources.likeness_scorer()
     if run.likeness_reference is None:
         assert run.conditioning is not None
@@ -57,7 +75,7 @@ def _score_one(run: Run, p: Any, image: Image.Image, index: int) -> None:
         comment(f"InstantID image {index + 1}: {format_summary(result)}")
 
 
-def _score_people(run: Run, p: Any, image: Image.Image, index: int) -> None:
+def _score_people(run: ScoredRun, p: Any, image: Image.Image, index: int) -> None:
     """Each person's likeness: the best of the output's faces inside that person's region."""
     people = run.people
     assert people is not None

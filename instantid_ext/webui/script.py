@@ -8,8 +8,8 @@ from typing import Any
 from modules import scripts
 
 from ..errors import InstantIDError
+from ..job.lifecycle import is_copy_of_running_job
 from . import host, run, services, xyz
-from .job import is_copy_of_running_job
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import numpy as np
 
 from ..args import InstantIDArgs
 from ..errors import InstantIDError
-from ..face import choose_face
-from ..geometry import Frame
-from ..identity import Identity
+from ..faces.analysis import choose_face
+from ..faces.identity import Identity
 from ..images import image_size, to_rgb_array
-from ..pipeline import black_hint, build_face_conditioning, pose_from_image, preset_pose
-from ..pose_presets import PoseEdit
-from ..resources import Resources
+from ..job.conditioning import black_hint, build_face_conditioning, pose_from_image, preset_pose
+from ..job.resources import Resources
+from ..method.geometry import Frame
+from ..method.pose_presets import PoseEdit
 from . import host
 
 logger = logging.getLogger(__name__)
@@ -184,9 +184,9 @@ def people_preview(
     height: int,
 ) -> tuple[np.ndarray | None, str]:
     """Each person's region tinted on the output canvas, with the keypoints IdentityNet will get."""
-    from ..identitynet_regions import multi_identity_hint
     from ..images import image_size as size_of
-    from ..people import canvas_faces, person_conditioning, place_people
+    from ..job.people import canvas_faces, person_conditioning, place_people
+    from ..method.identitynet_regions import multi_identity_hint
 
     size = (int(width), int(height))
     try:

@@ -24,8 +24,8 @@ import numpy as np
 from ..args import ARG_FIELDS, INFOTEXT_PREFIX, InstantIDArgs, Person, infotext_labels
 from ..errors import InstantIDError
 from ..images import decode_image
-from ..models import AUTO
-from ..pose_presets import PRESETS, get_preset
+from ..method.pose_presets import PRESETS, get_preset
+from ..models.discovery import AUTO
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..args import InstantIDArgs, is_enabled
 from ..errors import InvalidInputError
-from ..pose_presets import PRESETS, get_preset
+from ..method.pose_presets import PRESETS, get_preset
 from . import host, services
 
 logger = logging.getLogger(__name__)

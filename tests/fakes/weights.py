@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from instantid_ext.sdxl_layers import sdxl_attn2_layers
+from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 
 
 def resampler_state_dict(

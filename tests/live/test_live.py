@@ -210,7 +210,7 @@ def test_xyz_plot_over_the_id_weight(face_b64: str) -> None:
 # -- restyling a photo, the face pass, nested jobs (issue: img2img/inpaint face restyle) -----------
 def circle_centres(hint: np.ndarray) -> np.ndarray:
     """The keypoints of an IdentityNet hint: the centroid of each keypoint colour's circle."""
-    from instantid_ext.keypoints import DEFAULT_COLORS
+    from instantid_ext.method.keypoints import DEFAULT_COLORS
 
     return np.array(
         [
@@ -363,7 +363,7 @@ def test_a_job_after_a_refiner_job_runs(face_b64: str) -> None:
 # -- several people (issue: multi-identity) -----------------------------------------------------------
 def test_two_people_each_in_their_half() -> None:
     """Two identities, left and right: both faces' keypoints are in the hint, one per half."""
-    from instantid_ext.keypoints import DEFAULT_COLORS
+    from instantid_ext.method.keypoints import DEFAULT_COLORS
 
     people = [
         {"images": [face_photo_b64(3)], "region": "left", "id_weight": 0.8},

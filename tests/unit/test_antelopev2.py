@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from instantid_ext import antelopev2 as av2
 from instantid_ext.errors import ModelFileError
+from instantid_ext.faces import antelopev2 as av2
 from tests.fakes import antelopev2_pack as fp
 
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from instantid_ext import cli, doctor
 from instantid_ext.doctor import Package, check_package, find_models_dir, make_layout
-from instantid_ext.face import FaceAnalyzer
-from instantid_ext.keypoints import draw_kps
+from instantid_ext.faces.analysis import FaceAnalyzer
+from instantid_ext.method.keypoints import draw_kps
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.sgm_unet import make_unet
 from tests.fakes.weights import adapter_checkpoint, save_bin, save_identitynet_folder, tiny_identitynet

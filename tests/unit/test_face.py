@@ -19,9 +19,9 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from instantid_ext import face as face_mod
 from instantid_ext.errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
-from instantid_ext.face import FaceAnalyzer, choose_face, mean_embedding
+from instantid_ext.faces import analysis as face_mod
+from instantid_ext.faces.analysis import FaceAnalyzer, choose_face, mean_embedding
 from tests.fakes import antelopev2_pack as fp
 
 CPU = "CPUExecutionProvider"
@@ -283,7 +283,7 @@ def test_tight_crop_found_after_padding_and_smaller_detector_sizes(
 ) -> None:
     img = fp.background(600, 600)
     drawn = fp.draw_face(img, (300, 300), 560, ident=7)
-    with caplog.at_level(logging.INFO, logger="instantid_ext.face"):
+    with caplog.at_level(logging.INFO, logger="instantid_ext.faces.analysis"):
         face = analyzer.analyze_one(img, label="reference image 3")
     sizes = [size for kind, size in call_log if kind == "detect"]
     assert sizes[0] == (640, 640)
@@ -374,7 +374,7 @@ def test_unavailable_gpu_falls_back_to_cpu_with_one_warning(
 ) -> None:
     face_mod.clear_cache()
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
-    with caplog.at_level(logging.WARNING, logger="instantid_ext.face"):
+    with caplog.at_level(logging.WARNING, logger="instantid_ext.faces.analysis"):
         analyzer = FaceAnalyzer(pack_root, providers="cuda")
         assert analyzer.providers == (CPU,)
         face = analyzer.analyze_one(one_face()[0])
@@ -441,7 +441,7 @@ def test_import_does_not_load_insightface() -> None:
         "import sys\n"
         "sys.modules['insightface'] = None\n"
         "sys.modules['onnxruntime'] = None\n"
-        "import instantid_ext.face, instantid_ext.antelopev2\n"
+        "import instantid_ext.faces.analysis, instantid_ext.faces.antelopev2\n"
         "print('ok')\n"
     )
     root = Path(__file__).resolve().parents[2]
@@ -461,7 +461,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.create_connection = refuse
 from tests.fakes import antelopev2_pack as fp
-from instantid_ext.face import FaceAnalyzer
+from instantid_ext.faces.analysis import FaceAnalyzer
 root = fp.write_pack({str(tmp_path)!r})
 img = fp.background(200, 200)
 fp.draw_face(img, (100, 100), 80)

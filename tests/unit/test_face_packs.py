@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from instantid_ext import face_packs
 from instantid_ext.errors import ModelFileError
-from instantid_ext.face import FaceAnalyzer
-from instantid_ext.face_packs import ANTELOPEV2, BUFFALO_L, find_optional_pack, validate_pack
+from instantid_ext.faces import packs as face_packs
+from instantid_ext.faces.analysis import FaceAnalyzer
+from instantid_ext.faces.packs import ANTELOPEV2, BUFFALO_L, find_optional_pack, validate_pack
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes import buffalo_pack as bp
 
@@ -92,7 +92,7 @@ def test_find_optional_pack(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     bp.write_pack(good)
     assert find_optional_pack([None, "", absent], BUFFALO_L) == (None, "")
     assert find_optional_pack([absent, good, broken], BUFFALO_L) == (good.resolve(), "")
-    with caplog.at_level(logging.WARNING, logger="instantid_ext.face_packs"):
+    with caplog.at_level(logging.WARNING, logger="instantid_ext.faces.packs"):
         root, problem = find_optional_pack([absent, broken], BUFFALO_L)
         again = find_optional_pack([broken], BUFFALO_L)
     assert root is None

@@ -9,8 +9,14 @@ import pytest
 from safetensors.numpy import save_file
 
 from instantid_ext.errors import InvalidInputError, ModelFileError
-from instantid_ext.face import Face
-from instantid_ext.identity import Identity, IdentityStore, check_identity_name, load_identity, save_identity
+from instantid_ext.faces.analysis import Face
+from instantid_ext.faces.identity import (
+    Identity,
+    IdentityStore,
+    check_identity_name,
+    load_identity,
+    save_identity,
+)
 
 
 def face(seed: int) -> Face:

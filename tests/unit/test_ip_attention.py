@@ -13,9 +13,9 @@ from diffusers.models.attention_processor import Attention, IPAdapterAttnProcess
 from torch import nn
 
 from instantid_ext.errors import IncompatibleModelError, InvalidInputError
-from instantid_ext.ip_adapter import IPAdapter, load_ip_adapter
-from instantid_ext.ip_attention import IPAttentionPatch, RowRouter, ip_attention
-from instantid_ext.sdxl_layers import sdxl_attn2_layers
+from instantid_ext.method.attention import IPAttentionPatch, RowRouter
+from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
+from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_unet import make_unet
 from tests.fakes.weights import adapter_checkpoint, save_bin
 
@@ -240,7 +240,10 @@ def test_nothing_leaks_after_an_exception_inside_the_forward_pass(unet, adapter)
     handle = unet.middle_block.register_forward_pre_hook(explode)
     emb = torch.randn(512)
     try:
-        with pytest.raises(KeyboardInterrupt), ip_attention(unet, adapter, emb, scale=SCALE):
+        patch = IPAttentionPatch(
+            unet, adapter, adapter.face_tokens(emb), adapter.uncond_tokens(), scale=SCALE
+        )
+        with pytest.raises(KeyboardInterrupt), patch:
             call(unet, inputs)
     finally:
         handle.remove()

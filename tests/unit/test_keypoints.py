@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from instantid_ext.errors import InvalidInputError
-from instantid_ext.keypoints import (
+from instantid_ext.method.keypoints import (
     DEFAULT_COLORS,
     Placement,
     ResizeMode,

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantid_ext import face as face_mod
-from instantid_ext import likeness as lk
 from instantid_ext.errors import InvalidInputError
-from instantid_ext.face import FaceAnalyzer, mean_embedding
-from instantid_ext.face_packs import ANTELOPEV2, BUFFALO_L
-from instantid_ext.likeness import LikenessResult, LikenessScorer, ScoredFace
+from instantid_ext.faces import analysis as face_mod
+from instantid_ext.faces import likeness as lk
+from instantid_ext.faces.analysis import FaceAnalyzer, mean_embedding
+from instantid_ext.faces.likeness import LikenessResult, LikenessScorer, ScoredFace
+from instantid_ext.faces.packs import ANTELOPEV2, BUFFALO_L
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes import buffalo_pack as bp
 
@@ -329,7 +329,7 @@ def test_unusable_second_pack_falls_back_and_says_why(
     caplog.clear()
     scorer = LikenessScorer.from_roots([damaged])
     assert scorer.independent is not None
-    with caplog.at_level(logging.WARNING, logger="instantid_ext.likeness"):
+    with caplog.at_level(logging.WARNING, logger="instantid_ext.faces.likeness"):
         reference = scorer.reference(conditioning_embedding(damaged, [ref_img]), [ref_img])
     assert not reference.independent
     assert reference.note == "buffalo_l could not embed the reference photos"

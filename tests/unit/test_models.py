@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from instantid_ext.errors import IncompatibleModelError, ModelFileError
-from instantid_ext.ip_adapter import load_ip_adapter
-from instantid_ext.models import (
+from instantid_ext.method.ip_adapter import load_ip_adapter
+from instantid_ext.models.discovery import (
     AUTO,
     check_identitynet,
     classify,
@@ -396,7 +396,7 @@ def test_broken_downloads_in_our_folder_are_named(checkpoint: dict, tmp_path: Pa
 
 def test_only_files_meant_for_instantid_are_reported(checkpoint: dict, tmp_path: Path) -> None:
     """ControlNet's folder is full of other models: only InstantID-named ones are reported there."""
-    from instantid_ext.identity import Identity, IdentityStore
+    from instantid_ext.faces.identity import Identity, IdentityStore
 
     ours = tmp_path / "instantid"
     controlnet = tmp_path / "ControlNet"
@@ -452,7 +452,7 @@ class _CountingStore:
 
 @pytest.fixture
 def fresh_hashes(monkeypatch: pytest.MonkeyPatch):
-    from instantid_ext import file_hashes
+    from instantid_ext.models import file_hashes
 
     monkeypatch.setattr(file_hashes, "_HASHES", {})
     yield file_hashes
@@ -479,7 +479,7 @@ def test_computed_hashes_are_recorded_and_are_the_sha256_prefix(tmp_path: Path, 
 
 
 def test_json_hash_store_survives_a_restart_and_notices_changes(tmp_path: Path, fresh_hashes) -> None:
-    from instantid_ext.models import JsonHashStore
+    from instantid_ext.models.discovery import JsonHashStore
 
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")

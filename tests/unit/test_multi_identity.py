@@ -16,16 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from instantid_ext.errors import IncompatibleModelError, InvalidInputError
-from instantid_ext.identitynet_regions import (
+from instantid_ext.method.attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch
+from instantid_ext.method.identitynet_regions import (
     SDXL_IDENTITYNET_ATTN2,
     RegionalIdentityNet,
     controlnet_attn2_layers,
     identity_context,
     region_strength_map,
 )
-from instantid_ext.ip_adapter import IPAdapter, load_ip_adapter
-from instantid_ext.ip_attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch
-from instantid_ext.sdxl_layers import sdxl_attn2_layers
+from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
+from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_controlnet import make_controlnet
 from tests.fakes.sgm_unet import make_unet
 from tests.fakes.weights import adapter_checkpoint, save_bin

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instantid_ext.errors import InvalidInputError
-from instantid_ext.keypoints import CIRCLE_RADIUS, draw_kps
-from instantid_ext.pose_presets import (
+from instantid_ext.method.keypoints import CIRCLE_RADIUS, draw_kps
+from instantid_ext.method.pose_presets import (
     EYE_DISTANCE_FRACTION,
     EYE_LINE_FRACTION,
     FACE_TEMPLATE_MM,
@@ -577,7 +577,7 @@ def test_module_imports_with_the_webui_blocked() -> None:
         "        if name.split('.')[0] in ('modules', 'scripts', 'gradio', 'launch', 'insightface'):\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import instantid_ext.pose_presets as p\n"
+        "import instantid_ext.method.pose_presets as p\n"
         "print(p.preset_names())\n"
     )
     result = subprocess.run(

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from instantid_ext.errors import InvalidInputError
-from instantid_ext.face import FaceAnalyzer
-from instantid_ext.identitynet_regions import multi_identity_hint
-from instantid_ext.keypoints import draw_kps, map_bbox, map_points
-from instantid_ext.regions import (
+from instantid_ext.faces.analysis import FaceAnalyzer
+from instantid_ext.method.identitynet_regions import multi_identity_hint
+from instantid_ext.method.keypoints import draw_kps, map_bbox, map_points
+from instantid_ext.method.regions import (
     AUTO_MARGIN,
     KPS_TO_FACE_BOX,
     Region,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.embeddings import IPAdapterPlusImageProjection
 
-from instantid_ext.resampler import Resampler
+from instantid_ext.method.resampler import Resampler
 from tests.fakes.weights import resampler_state_dict
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from instantid_ext.errors import InvalidInputError
-from instantid_ext.ip_adapter import IPAdapter
-from instantid_ext.pipeline import FaceTokens, uncond_noise_embedding
-from instantid_ext.resampler import Resampler
+from instantid_ext.job.conditioning import FaceTokens, uncond_noise_embedding
+from instantid_ext.method.ip_adapter import IPAdapter
+from instantid_ext.method.resampler import Resampler
 from tests.fakes.weights import resampler_state_dict
 
 SEED = 1234567

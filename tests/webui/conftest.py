@@ -34,7 +34,7 @@ def host(models_path: Path):
     script_module = importlib.import_module("instantid_ext.webui.script")
     importlib.import_module("instantid_ext.webui.callbacks").register_callbacks()
     yield script_module
-    importlib.import_module("instantid_ext.webui.job").close_all()
+    importlib.import_module("instantid_ext.job.lifecycle").close_all()
     fake_host.uninstall()
 
 

@@ -23,12 +23,12 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from instantid_ext import face as face_mod
 from instantid_ext.args import InstantIDArgs
-from instantid_ext.face import FaceAnalyzer
-from instantid_ext.identity import load_identity
-from instantid_ext.keypoints import draw_kps
-from instantid_ext.resources import Locations, Resources
+from instantid_ext.faces import analysis as face_mod
+from instantid_ext.faces.analysis import FaceAnalyzer
+from instantid_ext.faces.identity import load_identity
+from instantid_ext.job.resources import Locations, Resources
+from instantid_ext.method.keypoints import draw_kps
 from instantid_ext.webui import api
 from tests.fakes import antelopev2_pack as fp
 

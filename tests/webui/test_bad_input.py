@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from instantid_ext.errors import InstantIDError
+from instantid_ext.job.resources import Resources
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.weights import adapter_checkpoint, save_bin, save_identitynet_folder, tiny_identitynet
 from tests.webui import fake_controlnet, fake_host
@@ -64,7 +65,7 @@ class Bed:
         self.script = importlib.import_module("instantid_ext.webui.script")
         importlib.import_module("instantid_ext.webui.callbacks").register_callbacks()
         self.services = importlib.import_module("instantid_ext.webui.services")
-        self.services.resources().release()
+        monkeypatch.setattr(self.services, "_RESOURCES", Resources(self.services.host.locations))
         self.cn: fake_controlnet.FakeControlNet | None = None
 
     def with_controlnet(self, version: tuple[int, int, int] = (1, 1, 455)) -> fake_controlnet.FakeControlNet:
@@ -103,7 +104,7 @@ class Bed:
     def close(self) -> None:
         import importlib
 
-        importlib.import_module("instantid_ext.webui.job").close_all()
+        importlib.import_module("instantid_ext.job.lifecycle").close_all()
         fake_host.uninstall()
 
 
@@ -164,7 +165,7 @@ def _with_identitynet(bed: Bed) -> tuple[Any, dict]:
 
 
 def _huge(bed: Bed) -> tuple[Any, dict]:
-    from instantid_ext import face as face_module
+    from instantid_ext.faces import analysis as face_module
 
     bed.monkeypatch.setattr(face_module, "MAX_IMAGE_PIXELS", 100_000)  # 50 MP in the product
     return on(images=[face(size=(400, 400))]), {}

@@ -11,10 +11,10 @@ import torch
 
 from instantid_ext.args import InstantIDArgs
 from instantid_ext.errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
-from instantid_ext.keypoints import draw_kps
+from instantid_ext.job.lifecycle import Job
+from instantid_ext.method.keypoints import draw_kps
 from instantid_ext.webui import controlnet
 from instantid_ext.webui.controlnet import ControlNetBridge
-from instantid_ext.webui.job import Job
 from tests.webui import fake_controlnet as fake
 
 VERSIONS = [(1, 1, 444), (1, 1, 449), (1, 1, 455)]
@@ -614,7 +614,7 @@ def test_batch_options_are_read_where_each_controlnet_version_keeps_them(monkeyp
     import sys
     import types
 
-    from instantid_ext.webui.controlnet import _batch_options
+    from instantid_ext.webui.controlnet.nesting import _batch_options
 
     class BatchOption(enum.Enum):
         DEFAULT = "All ControlNet units for all images in a batch"

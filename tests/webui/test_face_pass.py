@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from instantid_ext.face_pass import FaceTarget, changed_box, face_targets, nested_arguments, select_faces
-from instantid_ext.keypoints import DEFAULT_COLORS
-from instantid_ext.likeness import cosine_similarity
+from instantid_ext.faces.likeness import cosine_similarity
+from instantid_ext.job.face_pass import FaceTarget, changed_box, face_targets, nested_arguments, select_faces
+from instantid_ext.method.keypoints import DEFAULT_COLORS
 from tests.fakes import antelopev2_pack as fp
 from tests.webui import fake_controlnet, fake_host
 
@@ -176,7 +176,7 @@ def test_no_face_in_the_output_keeps_the_image_and_says_so(
 # -- the pure parts ------------------------------------------------------------------------------------
 def test_face_selection_and_masks() -> None:
     _, drawn = fp.three_faces()
-    from instantid_ext.face import Face
+    from instantid_ext.faces.analysis import Face
 
     faces = [Face(bbox=d.bbox, kps=d.kps, score=0.9, embedding=np.zeros(512, np.float32)) for d in drawn]
     assert [n for n, _ in select_faces(faces, "all")] == [0, 1, 2]

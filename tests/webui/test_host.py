@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gradio.routes import App
 
-from instantid_ext import file_hashes
-from instantid_ext.resources import Locations, Resources
+from instantid_ext.job.resources import Locations, Resources
+from instantid_ext.models import file_hashes
 from instantid_ext.webui import api
 from tests.webui import fake_host
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from instantid_ext.errors import IncompatibleModelError, InvalidInputError
-from instantid_ext.keypoints import DEFAULT_COLORS
+from instantid_ext.method.keypoints import DEFAULT_COLORS
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.sgm_unet import make_unet
 from tests.webui import fake_controlnet, fake_host
@@ -177,12 +177,13 @@ def test_a_failed_generation_is_undone_when_the_webui_closes_it(host, unet, cn, 
 def test_nested_jobs_keep_their_own_settings_and_leave_nothing(host, unet, cn, with_identitynet) -> None:
     plain_before = fake_host.run_job(job(host, unet, False))
     seen: dict[str, Any] = {}
-    real_init = host.run.IPAttentionPatch.__init__
+    real_init = host.run.MultiIPAttentionPatch.__init__
 
-    def recording_init(self, unet_, adapter, cond, uncond, **kwargs):
-        seen.setdefault("scales", []).append(kwargs["scale"])
-        seen.setdefault("tokens", []).append(cond)
-        real_init(self, unet_, adapter, cond, uncond, **kwargs)
+    def recording_init(self, unet_, adapter, identities, **kwargs):
+        (identity,) = identities  # one person: a cast of one
+        seen.setdefault("scales", []).append(identity.scale)
+        seen.setdefault("tokens", []).append(identity.cond)
+        real_init(self, unet_, adapter, identities, **kwargs)
 
     spy = Spy()
     outer = job(host, unet, enabled(control_weight=0.8, id_weight=0.8), cn=cn, spy=spy)
@@ -210,11 +211,11 @@ def test_nested_jobs_keep_their_own_settings_and_leave_nothing(host, unet, cn, w
         outer_unit_slot["unit"] = run.unit.unit
 
     spy.process = remember_slot
-    host.run.IPAttentionPatch.__init__ = recording_init
+    host.run.MultiIPAttentionPatch.__init__ = recording_init
     try:
         result = fake_host.run_job(outer)
     finally:
-        host.run.IPAttentionPatch.__init__ = real_init
+        host.run.MultiIPAttentionPatch.__init__ = real_init
     assert fake_host.HOOK_ERRORS == []
     assert seen["outer_open_during_nested"]
     assert seen["scales"] == [0.8, 0.3]  # each job its own ID weight ...

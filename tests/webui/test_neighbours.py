@@ -81,7 +81,7 @@ def test_adetailers_calls_on_copies_of_p_leave_instantid_as_it_is_alone(
     assert result.infotexts == plain_result.infotexts  # the likeness line of every image included
     assert all("InstantID likeness" in text for text in result.infotexts)
     # Every job opened was closed, and nothing of it stays on ControlNet's class or the UNet.
-    from instantid_ext.webui.job import _OPEN
+    from instantid_ext.job.lifecycle import _OPEN
 
     assert list(_OPEN) == []
     assert type(cn.Script()).__dict__["build_control_model"] is build
@@ -124,7 +124,7 @@ def test_loopback_applies_instantid_in_every_loop_as_a_fresh_job_would(
         fresh = loopback_job(host, unet, cn, image)
         fresh.seed = seed
         assert torch.equal(fake_host.run_job(fresh).latents, latents), f"loop {n + 1}"
-    from instantid_ext.webui.job import _OPEN
+    from instantid_ext.job.lifecycle import _OPEN
 
     assert list(_OPEN) == []
     assert no_hooks(unet)
@@ -146,7 +146,7 @@ def test_a_failing_xyz_cell_leaves_nothing(host, unet, cn, with_identitynet, mon
     with pytest.raises(RuntimeError, match="simulated"):
         fake_host.process_images(cell)
     outer.close()
-    from instantid_ext.webui.job import _OPEN
+    from instantid_ext.job.lifecycle import _OPEN
 
     assert list(_OPEN) == []
     assert type(cn.Script()).__dict__["build_control_model"] is build

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from instantid_ext.errors import InstantIDError
-from instantid_ext.keypoints import DEFAULT_COLORS
+from instantid_ext.method.keypoints import DEFAULT_COLORS
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.sgm_controlnet import ControlNet
 from tests.webui import fake_controlnet, fake_host

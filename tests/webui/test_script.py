@@ -202,8 +202,8 @@ def test_preview_draws_faces_and_the_hint(host) -> None:
 
 
 def test_preview_of_a_preset_with_edits_matches_the_generation_hint(host) -> None:
-    from instantid_ext.keypoints import draw_kps
-    from instantid_ext.pose_presets import PoseEdit, apply_edit, preset_kps
+    from instantid_ext.method.keypoints import draw_kps
+    from instantid_ext.method.pose_presets import PoseEdit, apply_edit, preset_kps
     from instantid_ext.webui import services
 
     fields = {
@@ -324,7 +324,7 @@ def test_controlnet_missing_is_a_clear_error(host, unet, with_identitynet: Path,
 
 
 def test_face_keys_are_computed_once_per_job(host, unet, monkeypatch) -> None:
-    from instantid_ext.ip_attention import IPAttentionPatch
+    from instantid_ext.method.attention import IPAttentionPatch
 
     calls = []
     real = IPAttentionPatch._precompute

@@ -101,13 +101,14 @@ def xyz(host) -> types.ModuleType:
 def scales(host, monkeypatch) -> list[float]:
     """The ID weight every IP attention patch of the test was built with."""
     seen: list[float] = []
-    real_init = host.run.IPAttentionPatch.__init__
+    real_init = host.run.MultiIPAttentionPatch.__init__
 
-    def recording_init(self, *args, **kwargs):
-        seen.append(kwargs["scale"])
-        real_init(self, *args, **kwargs)
+    def recording_init(self, unet, adapter, identities, **kwargs):
+        (identity,) = identities  # one person: a cast of one
+        seen.append(identity.scale)
+        real_init(self, unet, adapter, identities, **kwargs)
 
-    monkeypatch.setattr(host.run.IPAttentionPatch, "__init__", recording_init)
+    monkeypatch.setattr(host.run.MultiIPAttentionPatch, "__init__", recording_init)
     return seen
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import IncompatibleModelError, ModelFileError
-from .models import adapter_problem, read_torch_file
+from ..errors import IncompatibleModelError, ModelFileError
+from ..models.discovery import adapter_problem, read_torch_file
 from .resampler import Resampler
 from .sdxl_layers import NUM_IP_LAYERS, TOKEN_DIM
 
@@ -34,7 +34,7 @@ class IPAdapter:
     """InstantID's image adapter, ready to use.
 
     ``to_k_ip[i]`` / ``to_v_ip[i]`` belong to the i-th attn2 layer in IP order (checkpoint key
-    ``2i+1``); see :mod:`instantid_ext.sdxl_layers`.
+    ``2i+1``); see :mod:`instantid_ext.method.sdxl_layers`.
     """
 
     image_proj: Resampler

@@ -4,7 +4,7 @@ This is the host-free heart of a generation. Given validated :class:`InstantIDAr
 analyses the reference photo(s) (or loads a saved identity), averages the raw embeddings
 and finds the pose keypoints (:class:`FacePose`, in the coordinates of the image they were
 found in). The host glue then says where that image lands on the canvas it samples (a
-:class:`~instantid_ext.geometry.Frame`), and :meth:`FacePose.place` gives the keypoint hint
+:class:`~instantid_ext.method.geometry.Frame`), and :meth:`FacePose.place` gives the keypoint hint
 and the face mask in exactly those coordinates (:class:`PlacedPose`).
 """
 
@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from .errors import InvalidInputError, NoFaceError
-from .face import ChoiceMode, Face, FaceAnalyzer, mean_embedding
-from .geometry import Frame, points_inside, visible_fraction
-from .identity import IdentityStore
-from .images import ImageLike, image_size, to_rgb_array
-from .ip_adapter import FACE_EMBEDDING_DIM, IPAdapter
-from .keypoints import ResizeModeLike, draw_kps, face_mask
-from .pose_presets import PoseEdit, apply_edit, preset_kps
+from ..errors import InvalidInputError, NoFaceError
+from ..faces.analysis import ChoiceMode, Face, FaceAnalyzer, mean_embedding
+from ..faces.identity import IdentityStore
+from ..images import ImageLike, image_size, to_rgb_array
+from ..method.geometry import Frame, points_inside, visible_fraction
+from ..method.ip_adapter import FACE_EMBEDDING_DIM, IPAdapter
+from ..method.keypoints import ResizeModeLike, draw_kps, face_mask
+from ..method.pose_presets import PoseEdit, apply_edit, preset_kps
 
 if TYPE_CHECKING:
-    from .args import InstantIDArgs
+    from ..args import InstantIDArgs
 
 Size = tuple[int, int]
 PoseOrigin = Literal["reference", "identity", "pose_image", "init_image", "preset"]
@@ -85,7 +85,8 @@ class PlacedPose:
         return PlacedPose(kps, bbox, frame.size, self.origin)
 
     def edited(self, edit: PoseEdit) -> PlacedPose:
-        """Mirrored, rotated, scaled and moved on the canvas (:mod:`.pose_presets`); the box follows."""
+        """Mirrored, rotated, scaled and moved on the canvas
+        (:mod:`instantid_ext.method.pose_presets`); the box follows."""
         if edit.is_identity:
             return self
         kps = apply_edit(self.kps, self.size, edit)

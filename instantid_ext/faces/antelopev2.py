@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_file_contents(
 ) -> None:
     """Catch the two broken-download cases that look like files: empty files and Git LFS pointers.
 
-    ``files``, ``pack`` and ``hint`` let other insightface packs (see :mod:`.face_packs`) share
+    ``files``, ``pack`` and ``hint`` let other insightface packs (see :mod:`.packs`) share
     the check; the defaults are this pack's.
     """
     for name in files:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidInputError
-from .face import Face
+from ..errors import InvalidInputError
+from ..faces.analysis import Face
 
 if TYPE_CHECKING:
-    from .args import InstantIDArgs
+    from ..args import InstantIDArgs
 
 Size = tuple[int, int]
 Which = Literal["largest", "all", "index"]

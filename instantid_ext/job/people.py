@@ -2,11 +2,11 @@
 
 Each :class:`~instantid_ext.args.Person` brings a face source (photos or a saved identity)
 and a region. :func:`person_conditioning` turns the face source into the person's mean raw
-embedding and reference pose, like :func:`~instantid_ext.pipeline.build_face_conditioning`
+embedding and reference pose, like :func:`~instantid_ext.job.conditioning.build_face_conditioning`
 does for one person. :func:`place_people` then lays the people out on the sampled canvas:
-the regions (:mod:`.regions`) and each person's keypoints — the face of the pose image (or of
-the img2img init image) inside the region when there is one, else the person's own reference
-face (or a preset) fitted into the region.
+the regions (:mod:`instantid_ext.method.regions`) and each person's keypoints — the face of
+the pose image (or of the img2img init image) inside the region when there is one, else the
+person's own reference face (or a preset) fitted into the region.
 
 Faces of the pose/init image come in *canvas* coordinates (the host maps them there with the
 same frames as the one-person hint), so the regions are built with an identity mapping.
@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .face import Face, FaceAnalyzer, mean_embedding
-from .identity import IdentityStore
-from .keypoints import ResizeMode
-from .pipeline import images_digest, kps_box
-from .pose_presets import preset_kps
-from .regions import Region, RegionSpec, build_regions, place_reference_kps, region_pose_kps
+from ..errors import InvalidInputError
+from ..faces.analysis import Face, FaceAnalyzer, mean_embedding
+from ..faces.identity import IdentityStore
+from ..method.keypoints import ResizeMode
+from ..method.pose_presets import preset_kps
+from ..method.regions import Region, RegionSpec, build_regions, place_reference_kps, region_pose_kps
+from .conditioning import images_digest, kps_box
 
 if TYPE_CHECKING:
-    from .args import InstantIDArgs, Person
+    from ..args import InstantIDArgs, Person
 
 Size = tuple[int, int]
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 Color = tuple[float, float, float]
 Size = tuple[int, int]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .errors import IncompatibleModelError
+from ..errors import IncompatibleModelError
 
 DIM_HEAD = 64
 """Head width of every InstantID/IP-Adapter Resampler (the head count is derived from it)."""

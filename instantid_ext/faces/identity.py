@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelFileError
-from .face import EMBEDDING_DIM, Face, mean_embedding
+from ..errors import InvalidInputError, ModelFileError
+from .analysis import EMBEDDING_DIM, Face, mean_embedding
 
 FORMAT = "instantid-identity"
 VERSION = "1"

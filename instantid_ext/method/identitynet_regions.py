@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import IncompatibleModelError, InvalidInputError
+from ..errors import IncompatibleModelError, InvalidInputError
+from .attention import MAX_IDENTITIES, region_probs, token_grid
 from .ip_adapter import NUM_FACE_TOKENS
-from .ip_attention import MAX_IDENTITIES, region_probs, token_grid
 from .keypoints import draw_kps
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Locations come from the host (the WebUI's models folder, command-line flags, settings) via
 a callable, so a changed setting takes effect without a restart. The adapter is kept
 loaded between generations (one at a time, keyed by path and mtime, so a replaced file is
-reloaded); face models are cached by :mod:`.face` itself.
+reloaded); face models are cached by :mod:`instantid_ext.faces.analysis` itself.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .antelopev2 import find_root, pack_status
-from .errors import InstantIDError
-from .face import FaceAnalyzer, resolve_providers
-from .identity import IdentityStore
-from .ip_adapter import IPAdapter, load_ip_adapter
-from .likeness import LikenessScorer
-from .models import AUTO, ModelFile, ModelInventory, check_identitynet, resolve_model, scan_models
+from ..errors import InstantIDError
+from ..faces.analysis import FaceAnalyzer, resolve_providers
+from ..faces.antelopev2 import find_root, pack_status
+from ..faces.identity import IdentityStore
+from ..faces.likeness import LikenessScorer
+from ..method.ip_adapter import IPAdapter, load_ip_adapter
+from ..models.discovery import AUTO, ModelFile, ModelInventory, check_identitynet, resolve_model, scan_models
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +95,6 @@ class Resources:
 
     def identities(self) -> IdentityStore:
         return IdentityStore(self.locations.identity_dir)
-
-    def release(self) -> None:
-        """Forget the loaded adapter and the scan (e.g. on a "free memory" request)."""
-        with self._lock:
-            self._adapter = None
-            self._inventory = None
-            self._scorer = None
 
     def status(self) -> dict[str, object]:
         """What is found, what was rejected and why, and what is missing (JSON-ready)."""

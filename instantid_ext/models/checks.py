@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import DependencyError, ModelFileError
+from ..errors import DependencyError, ModelFileError
 
 ModelKind = Literal["ip_adapter", "identitynet"]
 DIFFUSERS_STEM = "diffusion_pytorch_model"
@@ -346,7 +346,7 @@ def adapter_issue(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """Why these tensors are not InstantID's SDXL adapter, as a phrase after the file name
     ("is an SD1.5 IP-Adapter (768-d tokens), …"); None when loading will accept them.
 
-    Checks everything :func:`instantid_ext.ip_adapter.load_ip_adapter` needs: a Resampler
+    Checks everything :func:`instantid_ext.method.ip_adapter.load_ip_adapter` needs: a Resampler
     from the 512-d face embedding to 16 tokens of 2048 whose every tensor fits, and 70 IP
     layers (keys 1, 3, …, 139) taking 2048-d tokens, with SDXL's pattern of widths. The
     widths themselves are matched to the loaded UNet when the adapter is applied.

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ModelFileError
 from . import antelopev2 as av2
-from .errors import ModelFileError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Files are recognised by their content (tensor names and shapes), never by their 
 users keep the names they downloaded (``ip-adapter.bin``, ``diffusion_pytorch_model.safetensors``)
 or the ones other tools asked for (``ip-adapter_instant_id_sdxl.bin``,
 ``control_instant_id_sdxl.safetensors``). What is usable is decided by the one check in
-:mod:`.model_checks`; a file meant for InstantID that fails it is kept in the inventory with
+:mod:`.checks`; a file meant for InstantID that fails it is kept in the inventory with
 its reason, and "not found" messages give those reasons instead of asking for a file that
 is already there.
 """
@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import IncompatibleModelError, ModelFileError
-from .file_hashes import HashStore, JsonHashStore, file_sha256, set_hash_store, short_hash
-from .model_checks import (
+from ..errors import IncompatibleModelError, ModelFileError
+from .checks import (
     DIFFUSERS_STEM,
     FIXES,
     INSTANTID_NAME,
@@ -33,6 +32,7 @@ from .model_checks import (
     read_torch_file,
     tensor_shapes,
 )
+from .file_hashes import HashStore, JsonHashStore, file_sha256, set_hash_store, short_hash
 
 __all__ = [
     "AUTO",

@@ -81,7 +81,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .keypoints import NUM_KPS, Size, _as_points, _check_size, draw_kps
 
 #: The keypoints in kps order, named for messages.

@@ -10,7 +10,7 @@ this module wraps so that the rest of the extension sees plain frozen :class:`Fa
 * Loaded models are cached per (pack folder, providers); results per image, so re-running a
   generation with the same reference photo does not run ONNX again.
 * antelopev2 is the default pack; the same machinery loads the other packs of
-  :mod:`.face_packs` (``buffalo_l``, which the likeness score uses as a second recognizer).
+  :mod:`.packs` (``buffalo_l``, which the likeness score uses as a second recognizer).
 * A face the detector misses at 640 (typically a tight crop) is searched again on a padded
   copy at detector sizes 640 → 192, as the ComfyUI and Forge ports do.
 
@@ -35,9 +35,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
-from .face_packs import ANTELOPEV2, FacePack, validate_pack
-from .images import MAX_IMAGE_PIXELS, ChannelOrder, ImageLike, image_size, to_bgr_array
+from ..errors import DependencyError, InvalidInputError, ModelFileError, NoFaceError
+from ..images import MAX_IMAGE_PIXELS, ChannelOrder, ImageLike, image_size, to_bgr_array
+from .packs import ANTELOPEV2, FacePack, validate_pack
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ class FaceAnalyzer:
     Construction is cheap: files are checked and models loaded on the first :meth:`analyze`.
     ``providers``: "cpu" (default), "cuda", "rocm", "coreml", ONNX Runtime provider names, or a
     list of them; unavailable ones fall back to the CPU with one warning. ``pack`` selects
-    another insightface pack of :mod:`.face_packs` (``models/<pack name>/`` under ``root``).
+    another insightface pack of :mod:`.packs` (``models/<pack name>/`` under ``root``).
     """
 
     def __init__(

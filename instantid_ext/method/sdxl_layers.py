@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import IncompatibleModelError
+from ..errors import IncompatibleModelError
 
 SDXL_ATTN2_BLOCKS: tuple[tuple[str, int], ...] = (
     ("input_blocks", 4),

@@ -33,15 +33,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .ip_adapter import NUM_FACE_TOKENS, IPAdapter
 from .sdxl_layers import TOKEN_DIM, Attn2Layer, sdxl_attn2_layers
 
@@ -96,10 +95,6 @@ class RowRouter:
         self._n_cond, self._n_total, self._offset = n_cond, n_total, 0
         if progress is not None:
             self.progress = progress
-
-    def forget_layout(self) -> None:
-        """Fall back to ControlNet's marker (e.g. when a host calls the UNet on its own)."""
-        self._n_cond = None
 
     def route(self, batch: int, device: torch.device, context: torch.Tensor | None = None) -> None:
         """Set :attr:`flags` for a UNet call of ``batch`` rows."""
@@ -189,7 +184,7 @@ class IPIdentity:
     ``cond``/``uncond`` are ``[16, 2048]`` or ``[1, 16, 2048]`` (Resampler of the embedding
     and of zeros). ``mask`` is ``[H, W]`` in [0, 1] at any resolution with the output's
     aspect ratio; with several identities every one needs a mask, and they should not
-    overlap (``instantid_ext.regions`` builds and checks them).
+    overlap (``instantid_ext.method.regions`` builds and checks them).
     """
 
     cond: torch.Tensor
@@ -527,17 +522,3 @@ def token_grid(seq: int, latent: tuple[int, int] | None, mask_hw: tuple[int, ...
         msg = f"Cannot fit the face mask ({mask_hw}) onto a grid of {seq} tokens."
         raise InvalidInputError(msg)
     return h, w
-
-
-@contextmanager
-def ip_attention(
-    unet: nn.Module, adapter: IPAdapter, embedding: torch.Tensor, **kwargs
-) -> Iterator[IPAttentionPatch]:
-    """Apply a face embedding to ``unet`` for the duration of a ``with`` block."""
-    cond = adapter.face_tokens(embedding)
-    uncond = adapter.uncond_tokens()
-    patch = IPAttentionPatch(unet, adapter, cond, uncond, **kwargs)
-    try:
-        yield patch
-    finally:
-        patch.remove()

@@ -25,7 +25,7 @@ Keypoints for each region: :func:`place_reference_kps` fits an identity's own re
 into its region (for the pose source "reference"); :func:`region_pose_kps` takes the pose
 image's face inside each region, mapped to the output.
 
-Coordinates follow :mod:`instantid_ext.keypoints`: ``(x, y)`` pixels, sizes ``(width, height)``.
+Coordinates follow :mod:`instantid_ext.method.keypoints`: ``(x, y)`` pixels, sizes ``(width, height)``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidInputError
-from .images import ImageLike, to_rgb_array
+from ..errors import InvalidInputError
+from ..images import ImageLike, to_rgb_array
 from .keypoints import (
     NUM_KPS,
     ResizeMode,

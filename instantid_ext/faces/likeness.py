@@ -54,11 +54,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import InstantIDError, InvalidInputError
+from ..images import ChannelOrder, ImageLike
+from .analysis import EMBEDDING_DIM, ChoiceMode, Face, FaceAnalyzer, ProvidersLike, mean_embedding
 from .antelopev2 import find_root
-from .errors import InstantIDError, InvalidInputError
-from .face import EMBEDDING_DIM, ChoiceMode, Face, FaceAnalyzer, ProvidersLike, mean_embedding
-from .face_packs import BUFFALO_L, FacePack, RootLike, find_optional_pack
-from .images import ChannelOrder, ImageLike
+from .packs import BUFFALO_L, FacePack, RootLike, find_optional_pack
 
 logger = logging.getLogger(__name__)
 
