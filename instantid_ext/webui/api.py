@@ -40,6 +40,8 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from ..args import InstantIDArgs
+from ..args.choices import spell_choice
+from ..args.ranges import MAX_FACE_INDEX
 from ..errors import InstantIDError, InvalidInputError
 from ..face import ChoiceMode, Face, choose_face
 from ..identity import SUFFIX, Identity, check_identity_name
@@ -58,8 +60,6 @@ PREFIX = "/instantid/v1"
 TAG = "InstantID"
 #: Most photos one identity may be averaged from.
 MAX_IDENTITY_IMAGES = 32
-#: Highest face index accepted (as in the script arguments).
-MAX_FACE_INDEX = 31
 
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/\-_]*={0,2}$")
@@ -71,13 +71,6 @@ _IDENTITY_LOCK = threading.Lock()
 # --------------------------------------------------------------------------------------
 # Request and response models
 # --------------------------------------------------------------------------------------
-
-
-def _choice_spelling(value: object) -> object:
-    """'Highest score' and 'highest-score' mean 'highest_score', as in the script arguments."""
-    if isinstance(value, str):
-        return "_".join(value.strip().lower().replace("-", " ").split())
-    return value
 
 
 class _Request(BaseModel):
@@ -103,7 +96,7 @@ class AnalyzeRequest(_Request):
     )
     return_embedding: bool = Field(False, description="Also return each face's raw 512-d embedding.")
 
-    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(_choice_spelling)
+    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(spell_choice)
 
 
 class FaceModel(BaseModel):
@@ -154,7 +147,7 @@ class CreateIdentityRequest(_Request):
     face_index: int = Field(0, ge=0, le=MAX_FACE_INDEX, description="With face_choice 'index'.")
     overwrite: bool = Field(False, description="Replace an identity of the same name.")
 
-    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(_choice_spelling)
+    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(spell_choice)
 
     @root_validator(skip_on_failure=True)
     @classmethod
