@@ -22,6 +22,14 @@ GROUPS: dict[str, tuple[str, str]] = {
     f"{INFOTEXT_PREFIX} IdentityNet range": ("control_start", "control_end"),
     f"{INFOTEXT_PREFIX} pose offset": ("pose_offset_x", "pose_offset_y"),
 }
+#: The several-people line, as :func:`instantid_ext.people.describe` writes it:
+#: "1: identity:Alice left 0.8/0.8; 2: images:1a2b box(0.5 0 1 1) 0.6/0.5".
+PEOPLE_KEY = f"{INFOTEXT_PREFIX} people"
+_PERSON = re.compile(
+    r"^\s*\d+: (?:identity:(?P<identity>.+?)|\S+?:\S*) "
+    r"(?P<region>auto|left|right|top|bottom|mask|box\((?P<box>[^)]*)\)) "
+    r"(?P<id_weight>\S+)/(?P<control_weight>\S+)$"
+)
 #: Written on every run: "Auto" resolves to a different file on each install.
 _ALWAYS_WRITTEN = ("ip_adapter_model", "identitynet_model")
 
@@ -99,9 +107,28 @@ def _split_range(text: str) -> tuple[str, str] | None:
 def _check_field(model: type[BaseModel], name: str, raw: object) -> tuple[bool, Any]:
     """Validate one field on its own (types, ranges, spelling); ``(False, None)`` if unusable."""
     field = model.__fields__[name]
-    if name == "image_weights" and isinstance(raw, str) and not raw.strip():
+    if name in ("image_weights", "box") and isinstance(raw, str) and not raw.strip():
         return False, None
     value, errors = field.validate(raw, {}, loc=name, cls=model)  # type: ignore[arg-type]
     if errors:
         return False, None
     return True, value
+
+
+def read_people(person_model: type[BaseModel], text: str) -> list[dict[str, Any]]:
+    """Each person of a :data:`PEOPLE_KEY` line: identity, region, box and weights, where readable.
+
+    Photos are never in infotext, so a person given by photos comes back without a face source.
+    """
+    people = []
+    for part in text.split(";") if text.strip() else []:
+        match = _PERSON.match(part.strip())
+        if match is None:
+            people.append({})
+            continue
+        found = match.groupdict()
+        region = found["region"].split("(")[0]
+        raw = {**found, "region": region, "identity": found["identity"] or "", "box": found["box"] or ""}
+        checked = {name: _check_field(person_model, name, value) for name, value in raw.items()}
+        people.append({name: value for name, (ok, value) in checked.items() if ok})
+    return people

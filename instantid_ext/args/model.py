@@ -386,6 +386,12 @@ class InstantIDArgs(BaseModel):
         """The field updates a pasted infotext asks for: only keys present, unreadable ones skipped."""
         return infotext.read(cls, params)
 
+    @classmethod
+    def people_from_infotext(cls, params: Mapping[str, object]) -> list[dict[str, Any]]:
+        """The people a pasted infotext names, in order: each a dict of the :class:`Person` fields
+        its "InstantID people" entry holds (identity, region, box, weights; never photos)."""
+        return infotext.read_people(Person, str(params.get(infotext.PEOPLE_KEY, "")))
+
     # --- API and logs ---------------------------------------------------------------------
 
     @classmethod

@@ -71,4 +71,5 @@ def build_ui(is_img2img: bool, env: UiEnv) -> UiResult:
         components=components,
         infotext_fields=infotext_fields,
         paste_field_names=[reader for _, reader in infotext_fields],
+        row_fields=p.parts["row_fields"],
     )
