@@ -99,17 +99,27 @@ def test_add_shows_the_next_row_up_to_four() -> None:
 
     dep, show = dependency(demo, count, "change")
     assert dep["outputs"] == [
+        count._id,
         *(row._id for row in rows(demo)),
         blocks["instantid_txt2img_people_add"]._id,
         blocks["instantid_txt2img_people_remove"]._id,
     ]
-    updates = show(3)
+    shown, *updates = show(3, *EMPTY_ROW * 4)
+    assert shown == 3
     assert [u["visible"] for u in updates[:4]] == [True, True, True, False]
     assert [u["interactive"] for u in updates[4:]] == [True, True]
-    updates = show(4)
+    shown, *updates = show(4, *EMPTY_ROW * 4)
     assert [u["visible"] for u in updates[:4]] == [True] * 4
     assert [u["interactive"] for u in updates[4:]] == [False, True]
-    assert [u["interactive"] for u in show(1)[4:]] == [True, False]
+    assert [u["interactive"] for u in show(1, *EMPTY_ROW * 4)[5:]] == [True, False]
+
+
+def test_a_row_holding_a_value_is_never_hidden() -> None:
+    """A paste that asks for fewer rows, while a row further down still holds photos."""
+    with_photos = ([b"photo"], "None", 0, "", None, 0.8, 0.8)
+    shown, *updates = people.show_rows(1, *EMPTY_ROW, *with_photos, *EMPTY_ROW, *EMPTY_ROW)
+    assert shown == 2
+    assert [u["visible"] for u in updates[:4]] == [True, True, False, False]
 
 
 def test_remove_empties_and_hides_the_last_row() -> None:
@@ -173,7 +183,7 @@ def test_pasting_a_three_person_run_fills_and_shows_rows_one_to_three() -> None:
 
     # The count the paste sets shows rows 1-3 (its change event).
     _, show = dependency(demo, by_elem_id(demo)["instantid_txt2img_people_shown"], "change")
-    assert [u["visible"] for u in show(3)[:4]] == [True, True, True, False]
+    assert [u["visible"] for u in show(3, *EMPTY_ROW * 4)[1:5]] == [True, True, True, False]
 
 
 def test_pasting_other_runs_leaves_or_empties_the_rows() -> None:

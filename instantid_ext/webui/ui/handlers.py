@@ -26,18 +26,11 @@ DEFAULT_PREVIEW_SIZE = 1024
 #: Longest side of the reference thumbnails shown beside the upload.
 THUMBNAIL_SIZE = 256
 #: The pose edits, which redraw the keypoint preview as they change.
-POSE_EDIT_FIELDS = (
-    "pose_preset",
-    "pose_mirror",
-    "pose_rotate",
-    "pose_scale",
-    "pose_offset_x",
-    "pose_offset_y",
-)
+POSE_EDITS = ("pose_preset", "pose_mirror", "pose_rotate", "pose_scale", "pose_offset_x", "pose_offset_y")
 #: The panel values the keypoint preview is drawn from, in the order the preview event sends them.
 PREVIEW_FIELDS = (
     *("images", "pose_image", "pose_source", "face_choice", "face_index", "resize_mode"),
-    *POSE_EDIT_FIELDS,
+    *POSE_EDITS,
     *("pose_face_choice", "pose_face_index"),
 )
 

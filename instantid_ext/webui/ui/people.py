@@ -4,7 +4,8 @@ two strengths), gathered into the ``people`` argument whenever a row changes.
 All :data:`MAX_PEOPLE` rows always exist (the script's arguments and their order never change),
 but only the rows in use are shown: one at first, another per "Add person", the last one
 cleared and hidden by "Remove person". A row that gets a value by any other way (a pasted
-infotext names three people, an event fills a row) is shown by itself, with the rows above it.
+infotext names three people, an event fills a row) is shown by itself, with the rows above it,
+and a row that holds a value is never hidden: a person never takes part unseen.
 """
 
 from __future__ import annotations
@@ -131,12 +132,13 @@ def gather_people(count: float | None, *values: Any) -> tuple[list[dict[str, Any
     return _collect_people(*values), max(_shown(count), rows_in_use(*values))
 
 
-def show_rows(count: float | None) -> list[dict[str, Any]]:
-    """Each row shown or hidden for ``count`` rows, then "Add person" and "Remove person"
-    each usable only where it can act."""
-    shown = _shown(count)
+def show_rows(count: float | None, *values: Any) -> list[Any]:
+    """The rows to show (``count``, or more where a row further down holds a value: a hidden
+    row never takes part unseen), each row shown or hidden, then "Add person" and "Remove
+    person" each usable only where it can act."""
+    shown = max(_shown(count), rows_in_use(*values))
     rows = [gr.update(visible=number <= shown) for number in range(1, MAX_PEOPLE + 1)]
-    return [*rows, gr.update(interactive=shown < MAX_PEOPLE), gr.update(interactive=shown > 1)]
+    return [shown, *rows, gr.update(interactive=shown < MAX_PEOPLE), gr.update(interactive=shown > 1)]
 
 
 def add_person(count: float | None) -> int:
@@ -257,7 +259,7 @@ def people_section(p: Panel) -> None:
         component.change(
             gather_people, inputs=[count, *inputs], outputs=[p.args["people"], count], queue=False
         )
-    count.change(show_rows, inputs=[count], outputs=[*rows, add, remove], queue=False)
+    count.change(show_rows, inputs=[count, *inputs], outputs=[count, *rows, add, remove], queue=False)
     add.click(add_person, inputs=[count], outputs=[count], queue=False)
     remove.click(remove_person, inputs=[count], outputs=[count, *inputs], queue=False)
     p.parts["people_preview"] = (button, list(size), [picture, message])

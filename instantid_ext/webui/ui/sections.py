@@ -13,7 +13,7 @@ import gradio as gr
 
 from ...pose_presets import PRESETS
 from .handlers import (
-    POSE_EDIT_FIELDS,
+    POSE_EDITS,
     PREVIEW_FIELDS,
     reference_thumbnails,
     refresh_identities,
@@ -166,7 +166,7 @@ def wire_preview(p: Panel) -> None:
         "outputs": outputs,
     }
     button.click(**preview)
-    for name in POSE_EDIT_FIELDS:  # sliders redraw when let go, not at every step of a drag
+    for name in POSE_EDITS:  # sliders redraw when let go, not at every step of a drag
         event = "release" if isinstance(p.args[name], gr.Slider) else "change"
         getattr(p.args[name], event)(**preview, queue=False)
 
