@@ -170,7 +170,7 @@ class RowReader:
 
     number: int
     name: str
-    env: Any = field(default=None, compare=False, repr=False)
+    env: UiEnv | None = field(default=None, compare=False, repr=False)
 
     def __call__(self, params: Mapping[str, Any]) -> Any:
         if INFOTEXT_PREFIX not in params:
