@@ -121,21 +121,18 @@ def print_analysis(result: dict[str, Any], out: TextIO) -> None:
 def identity_save(
     layout: Layout, name: str, images: Sequence[Path], choice: str, index: int, overwrite: bool
 ) -> dict[str, Any]:
-    from .faces.identity import Identity, IdentityStore
+    from .faces.identity import IdentityStore, save_from_photos
 
-    store = IdentityStore(layout.identity_dir)
-    target = store.path_for(name)
-    if not overwrite and target.exists():  # say so before the slow part
-        msg = f"An identity named '{target.stem}' already exists; choose another name or add --overwrite."
-        raise InvalidInputError(msg)
-    analyzer = _analyzer(layout)
-    faces, sizes = [], []
-    for path in images:
-        image = _read_image(path)
-        faces.append(analyzer.analyze_one(image, choice, index, label=f"'{path}'"))  # type: ignore[arg-type]
-        sizes.append(image.size)
-    identity = Identity.from_faces(faces, sizes, name=name)
-    saved = store.save(name, identity, overwrite=overwrite)
+    saved, identity = save_from_photos(
+        IdentityStore(layout.identity_dir),
+        lambda: _analyzer(layout),
+        name,
+        ((f"'{path}'", _read_image(path)) for path in images),
+        face_choice=choice,  # type: ignore[arg-type]
+        face_index=index,
+        overwrite=overwrite,
+        overwrite_hint="add --overwrite",
+    )
     return {
         "name": saved.stem,
         "file": str(saved),

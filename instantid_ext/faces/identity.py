@@ -10,21 +10,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import re
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InvalidInputError, ModelFileError
+from ..images import ImageLike, image_size
 from .analysis import EMBEDDING_DIM, Face, mean_embedding
+
+if TYPE_CHECKING:
+    from .analysis import ChoiceMode, FaceAnalyzer
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "instantid-identity"
 VERSION = "1"
 SUFFIX = ".safetensors"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+#: Writes to the identity folder go one at a time: the panel, the API and a delete may meet.
+STORE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -192,3 +203,44 @@ class IdentityStore:
             return False
         path.unlink()
         return True
+
+
+def save_from_photos(
+    store: IdentityStore,
+    analyzer: Callable[[], FaceAnalyzer],
+    name: str,
+    photos: Iterable[tuple[str, ImageLike]],
+    *,
+    face_choice: ChoiceMode = "largest",
+    face_index: int = 0,
+    weights: Sequence[float] | None = None,
+    overwrite: bool = False,
+    overwrite_hint: str = "allow overwriting",
+) -> tuple[Path, Identity]:
+    """Analyse one person's photos and store their face as identity ``name``: the one way the
+    panel, the API and the command line save an identity.
+
+    ``photos`` are ``(label, image)`` pairs, the label naming the photo in error messages; they
+    are read, and ``analyzer`` is called for the face analyzer, only after the name is checked:
+    a taken or invalid name is reported before the slow part (and before a missing face model,
+    when a generator decodes the photos lazily). ``overwrite_hint`` says how the caller's user
+    allows replacing an identity ("add --overwrite").
+    """
+    name = check_identity_name(name)
+    if not overwrite and store.path_for(name).exists():
+        msg = f"An identity named '{name}' already exists; choose another name or {overwrite_hint}."
+        raise InvalidInputError(msg)
+    faces, sizes = [], []
+    found: FaceAnalyzer | None = None
+    for label, image in photos:
+        found = found or analyzer()
+        faces.append(found.analyze_one(image, face_choice, face_index, label=label))
+        sizes.append(image_size(image))
+    if not faces:
+        msg = "Add one or more reference photos to save as an identity."
+        raise InvalidInputError(msg)
+    identity = Identity.from_faces(faces, sizes, weights=weights, name=name)
+    with STORE_LOCK:
+        path = store.save(name, identity, overwrite=overwrite)
+    logger.info("Saved identity '%s' from %d photo(s)", path.stem, len(faces))
+    return path, identity

@@ -27,7 +27,6 @@ import io
 import logging
 import math
 import re
-import threading
 import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -40,9 +39,11 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from ..args import InstantIDArgs
+from ..args.choices import spell_choice
+from ..args.ranges import MAX_FACE_INDEX
 from ..errors import InstantIDError, InvalidInputError
 from ..faces.analysis import ChoiceMode, Face, choose_face
-from ..faces.identity import SUFFIX, Identity, check_identity_name
+from ..faces.identity import STORE_LOCK, SUFFIX, check_identity_name, save_from_photos
 from ..images import MAX_IMAGE_PIXELS, b64decode_lenient, decode_image, encode_image_png_base64
 from ..job.resources import Resources
 from ..method.keypoints import draw_kps
@@ -58,26 +59,15 @@ PREFIX = "/instantid/v1"
 TAG = "InstantID"
 #: Most photos one identity may be averaged from.
 MAX_IDENTITY_IMAGES = 32
-#: Highest face index accepted (as in the script arguments).
-MAX_FACE_INDEX = 31
 
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/\-_]*={0,2}$")
 _WHITESPACE = re.compile(r"\s+")
-# Writes to the identity folder go one at a time: two saves of one name share a temp file.
-_IDENTITY_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------
 # Request and response models
 # --------------------------------------------------------------------------------------
-
-
-def _choice_spelling(value: object) -> object:
-    """'Highest score' and 'highest-score' mean 'highest_score', as in the script arguments."""
-    if isinstance(value, str):
-        return "_".join(value.strip().lower().replace("-", " ").split())
-    return value
 
 
 class _Request(BaseModel):
@@ -103,7 +93,7 @@ class AnalyzeRequest(_Request):
     )
     return_embedding: bool = Field(False, description="Also return each face's raw 512-d embedding.")
 
-    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(_choice_spelling)
+    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(spell_choice)
 
 
 class FaceModel(BaseModel):
@@ -154,7 +144,7 @@ class CreateIdentityRequest(_Request):
     face_index: int = Field(0, ge=0, le=MAX_FACE_INDEX, description="With face_choice 'index'.")
     overwrite: bool = Field(False, description="Replace an identity of the same name.")
 
-    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(_choice_spelling)
+    _face_choice = validator("face_choice", pre=True, allow_reuse=True)(spell_choice)
 
     @root_validator(skip_on_failure=True)
     @classmethod
@@ -367,22 +357,18 @@ def list_identities(resources: Resources) -> IdentityList:
 
 
 def create_identity(resources: Resources, body: CreateIdentityRequest) -> CreateIdentityResponse:
-    name = check_identity_name(body.name)
-    store = resources.identities()
-    if not body.overwrite and store.path_for(name).exists():  # say so before the slow part
-        msg = f"An identity named '{name}' already exists; choose another name or send \"overwrite\": true."
-        raise InvalidInputError(msg)
-    faces, sizes = [], []
-    for i, value in enumerate(body.images):
-        field = f"images[{i}]"
-        image = read_image(value, field)
-        found = _analyze_faces(resources, image, field)
-        faces.append(found[_chosen_index(found, body.face_choice, body.face_index, field)])
-        sizes.append(image.size)
-    identity = Identity.from_faces(faces, sizes, weights=body.weights, name=name)
-    with _IDENTITY_LOCK:
-        path = store.save(name, identity, overwrite=body.overwrite)
-    logger.info("Saved identity '%s' from %d photo(s) via the API", path.stem, len(faces))
+    photos = ((f"images[{i}]", read_image(value, f"images[{i}]")) for i, value in enumerate(body.images))
+    path, identity = save_from_photos(
+        resources.identities(),
+        resources.analyzer,
+        body.name,
+        photos,
+        face_choice=body.face_choice,
+        face_index=body.face_index,
+        weights=body.weights,
+        overwrite=body.overwrite,
+        overwrite_hint='send "overwrite": true',
+    )
     return CreateIdentityResponse(
         name=path.stem, file=path.name, source_count=identity.source_count, created=identity.created
     )
@@ -390,7 +376,7 @@ def create_identity(resources: Resources, body: CreateIdentityRequest) -> Create
 
 def delete_identity(resources: Resources, name: str) -> DeleteIdentityResponse:
     store = resources.identities()
-    with _IDENTITY_LOCK:
+    with STORE_LOCK:
         deleted = store.delete(name)
     if not deleted:
         msg = f"No saved identity named '{check_identity_name(name)}'."

@@ -52,7 +52,7 @@ class InstantIDScript(scripts.Script):
         from .ui import build_ui
 
         result = build_ui(is_img2img, ui_env())
-        self.infotext_fields = result.infotext_fields
+        self.infotext_fields = [*result.infotext_fields, *result.row_fields]
         self.paste_field_names = result.paste_field_names
         return result.components
 

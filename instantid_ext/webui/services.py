@@ -18,8 +18,8 @@ import numpy as np
 from ..args import InstantIDArgs
 from ..errors import InstantIDError
 from ..faces.analysis import choose_face
-from ..faces.identity import Identity
-from ..images import image_size, to_rgb_array
+from ..faces.identity import save_from_photos
+from ..images import to_rgb_array
 from ..job.conditioning import black_hint, build_face_conditioning, pose_from_image, preset_pose
 from ..job.resources import Resources
 from ..method.geometry import Frame
@@ -130,7 +130,7 @@ def preview(
                 if args.pose_image is None:
                     return annotated, None, "Add a pose image first."
                 pose = pose_from_image(
-                    resources().analyzer(),
+                    resources().analyzer,
                     args.pose_image,
                     "pose_image",
                     args.pose_face_choice,
@@ -237,15 +237,16 @@ def save_identity(name: str, images: Any, face_choice: str, face_index: int, ove
         )
         if not args.images:
             return "Add one or more reference photos to save as an identity."
-        analyzer = resources().analyzer()
-        faces = [
-            analyzer.analyze_one(img, args.face_choice, args.face_index, label=f"reference image {i + 1}")
-            for i, img in enumerate(args.images)
-        ]
-        sizes = [image_size(img) for img in args.images]
-        path = (
-            resources().identities().save(name, Identity.from_faces(faces, sizes), overwrite=bool(overwrite))
+        path, identity = save_from_photos(
+            resources().identities(),
+            resources().analyzer,
+            name,
+            ((f"reference image {i}", img) for i, img in enumerate(args.images, start=1)),
+            face_choice=args.face_choice,
+            face_index=args.face_index,
+            overwrite=bool(overwrite),
+            overwrite_hint='tick "Replace if it exists"',
         )
     except InstantIDError as err:
         return f"⚠ {err}"
-    return f"Saved identity '{path.stem}' from {len(faces)} photo(s)."
+    return f"Saved identity '{path.stem}' from {identity.source_count} photo(s)."

@@ -23,6 +23,8 @@ from types import ModuleType
 from typing import Any
 
 from ..args import InstantIDArgs, is_enabled
+from ..args.choices import is_no_identity
+from ..args.ranges import field_range
 from ..errors import InvalidInputError
 from ..method.pose_presets import PRESETS, get_preset
 from . import host, services
@@ -136,15 +138,14 @@ def apply_override(field: str, **also: object) -> Callable[[Any, Any, Any], None
 
 def confirm_range(name: str, field: str) -> Callable[[Any, Sequence[float]], None]:
     """An axis ``confirm``: every value inside the field's range, checked before the first cell."""
-    info = InstantIDArgs.__fields__[field].field_info
-    low, high = float(info.ge), float(info.le)
+    bounds = field_range(InstantIDArgs, field)
 
     def confirm(p: Any, values: Sequence[float]) -> None:
-        bad = [v for v in values if not low <= v <= high]  # NaN fails too
+        bad = [v for v in values if not bounds.contains(v)]  # NaN fails too
         if bad:
             shown = ", ".join(f"{v:g}" for v in bad)
             msg = (
-                f"X/Y/Z plot: {_LABEL_PREFIX}{name} takes values from {low:g} to {high:g}, "
+                f"X/Y/Z plot: {_LABEL_PREFIX}{name} takes values from {bounds.low:g} to {bounds.high:g}, "
                 f"not {shown}; change the axis values."
             )
             raise host.as_http_error(InvalidInputError(msg))
@@ -159,7 +160,7 @@ def identity_choices() -> list[str]:
 def confirm_identities(p: Any, values: Sequence[str]) -> None:
     names = services.resources().identities().names()
     for value in values:
-        if _is_no_identity(value) or value in names:
+        if is_no_identity(value) or value in names:
             continue
         saved = ", ".join(names) if names else "none saved yet"
         msg = (
@@ -181,10 +182,6 @@ def confirm_presets(p: Any, values: Sequence[str]) -> None:
             raise host.as_http_error(InvalidInputError(f"X/Y/Z plot, {PRESET_LABEL}: {err}")) from err
 
 
-def _is_no_identity(value: object) -> bool:
-    return isinstance(value, str) and value.strip().lower() in ("", NO_IDENTITY.lower())
-
-
 # -- the job's side ----------------------------------------------------------------------------------
 def overrides_of(p: Any) -> dict[str, Any]:
     """This cell's axis values by argument field ({} outside an X/Y/Z plot)."""
@@ -200,7 +197,7 @@ def job_args(args: Sequence[Any], overrides: Mapping[str, Any]) -> InstantIDArgs
     :class:`InvalidInputError` for values that do not fit together (e.g. ID start > ID end).
     """
     panel_on = is_enabled(args)
-    switches_on = not _is_no_identity(overrides.get("identity", ""))
+    switches_on = not is_no_identity(overrides.get("identity", ""))
     if not panel_on and not switches_on:
         if any(field != "identity" for field in overrides):
             shown = ", ".join(f"{field}={value!r}" for field, value in overrides.items())

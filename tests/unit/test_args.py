@@ -912,3 +912,39 @@ def test_too_many_reference_photos_are_refused_before_decoding() -> None:
 
     with pytest.raises(InvalidInputError, match=f"takes at most {MAX_REFERENCE_IMAGES} photos, got 40"):
         InstantIDArgs.parse({"enabled": True, "images": ["not decoded"] * 40})
+
+
+def test_the_people_line_reads_back_what_describe_writes() -> None:
+    from instantid_ext.people import PersonConditioning, describe
+
+    photo = Image.new("RGB", (64, 64))
+    args = InstantIDArgs(
+        people=[
+            {"identity": "Ada L", "region": "left", "id_weight": 0.9},
+            {"images": [photo], "region": "box", "box": [0.5, 0, 1, 1], "control_weight": 0.35},
+            {"identity": "left", "region": "right"},
+        ]
+    )
+    sources = ["identity:Ada L", "images:1a2b3c", "identity:left"]
+    conditionings = [PersonConditioning(np.zeros(512, np.float32), None, None, s) for s in sources]
+    params = {"InstantID": "on", "InstantID people": describe(args, conditionings)}
+    assert InstantIDArgs.people_from_infotext(params) == [
+        {"identity": "Ada L", "region": "left", "id_weight": 0.9, "control_weight": 0.8},
+        {
+            "identity": "",
+            "region": "box",
+            "box": [0.5, 0.0, 1.0, 1.0],
+            "id_weight": 0.8,
+            "control_weight": 0.35,
+        },
+        {"identity": "left", "region": "right", "id_weight": 0.8, "control_weight": 0.8},
+    ]
+
+
+def test_unreadable_people_are_empty_and_none_is_no_people() -> None:
+    params = {"InstantID people": "1: identity:Ada left 9/0.8; 2: who knows; 3: images:ab top 0.5/0.5"}
+    first, second, third = InstantIDArgs.people_from_infotext(params)
+    assert first == {"identity": "Ada", "region": "left", "control_weight": 0.8}  # 9 is out of range
+    assert second == {}
+    assert third["region"] == "top"
+    assert InstantIDArgs.people_from_infotext({"InstantID": "on"}) == []

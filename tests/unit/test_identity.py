@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from instantid_ext.faces.identity import (
     IdentityStore,
     check_identity_name,
     load_identity,
+    save_from_photos,
     save_identity,
 )
 
@@ -112,3 +114,79 @@ def test_two_saves_of_one_name_at_once_both_succeed(tmp_path: Path, monkeypatch:
     assert errors == []
     assert load_identity(tmp_path / "ada.safetensors").name == "ada"
     assert [p.name for p in tmp_path.iterdir()] == ["ada.safetensors"]
+
+
+class FakeAnalyzer:
+    """Hands out one face per photo (the photo is its seed) and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, str, int, str]] = []
+
+    def analyze_one(self, image: object, mode: str = "largest", index: int = 0, *, label: str = "") -> Face:
+        self.calls.append((image, mode, index, label))
+        return face(int(np.asarray(image).flat[0]))
+
+
+def photo(seed: int) -> np.ndarray:
+    return np.full((48, 64, 3), seed, np.uint8)
+
+
+def test_save_from_photos_averages_the_chosen_faces(tmp_path: Path) -> None:
+    store, analyzer = IdentityStore(tmp_path), FakeAnalyzer()
+    photos = [("photo 1", photo(1)), ("photo 2", photo(2))]
+    path, identity = save_from_photos(
+        store, lambda: analyzer, " Ada ", photos, face_choice="index", face_index=1, weights=[3, 1]
+    )
+    assert path == tmp_path / "Ada.safetensors"
+    assert [(mode, index, label) for _, mode, index, label in analyzer.calls] == [
+        ("index", 1, "photo 1"),
+        ("index", 1, "photo 2"),
+    ]
+    expected = Identity.from_faces([face(1), face(2)], [(64, 48)] * 2, weights=[3, 1])
+    np.testing.assert_allclose(identity.embedding, expected.embedding)
+    loaded = load_identity(path)
+    assert (loaded.name, loaded.source_count, loaded.image_size) == ("Ada", 2, (64, 48))
+
+
+def test_save_from_photos_refuses_a_taken_name_before_reading_a_photo(tmp_path: Path) -> None:
+    store = IdentityStore(tmp_path)
+    save_from_photos(store, FakeAnalyzer, "ada", [("photo 1", photo(1))])
+
+    def never() -> Any:
+        raise AssertionError("a photo was read or the face models loaded")
+
+    unread = (never() for _ in range(1))
+    with pytest.raises(InvalidInputError, match="'ada' already exists; choose another name or add --x"):
+        save_from_photos(store, never, "ada", unread, overwrite_hint="add --x")
+    path, _ = save_from_photos(store, FakeAnalyzer, "ada", [("photo 2", photo(2))], overwrite=True)
+    replaced = Identity.from_faces([face(2)], [(64, 48)])
+    np.testing.assert_allclose(load_identity(path).embedding, replaced.embedding)
+
+
+def test_save_from_photos_needs_a_photo_and_a_valid_name(tmp_path: Path) -> None:
+    store = IdentityStore(tmp_path)
+    with pytest.raises(InvalidInputError, match="one or more reference photos"):
+        save_from_photos(store, FakeAnalyzer, "ada", [])
+    with pytest.raises(InvalidInputError, match="not a valid identity name"):
+        save_from_photos(store, FakeAnalyzer, "../ada", [("photo 1", photo(1))])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_panel_the_api_and_the_command_line_save_the_same_way() -> None:
+    import ast
+    import importlib.util
+
+    for module, function in (
+        ("instantid_ext.webui.api", "create_identity"),
+        ("instantid_ext.webui.services", "save_identity"),
+        ("instantid_ext.cli", "identity_save"),
+    ):
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        body = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
+        called = {
+            n.func.id for n in ast.walk(body) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        assert "save_from_photos" in called, function
+        assert "from_faces" not in ast.unparse(body), function
