@@ -12,10 +12,9 @@ import binascii
 import io
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import Literal, NoReturn
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -95,11 +94,11 @@ def to_bgr_array(image: ImageLike, channel_order: ChannelOrder = "rgb") -> np.nd
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic")
 _EXIF_ORIENTATION = 0x0112
-#: Longest string we try as a file path; anything longer is base64.
 #: Largest image analysed, in pixels: far above any photo (a 50-MP image is ~150 MB as RGB).
 MAX_IMAGE_PIXELS = 50_000_000
 #: Most reference photos one argument takes (their embeddings are averaged; a few suffice).
 MAX_REFERENCE_IMAGES = 32
+#: Longest string taken for a file path (and refused); anything longer is base64.
 _MAX_PATH_CHARS = 4096
 #: Gallery pairs, gradio dicts and file objects nest; real values never go deeper than this.
 _MAX_NESTING = 4
@@ -180,35 +179,15 @@ def _open_bytes(data: bytes, what: str) -> Image.Image:
         raise InvalidInputError(msg) from err
 
 
-def _readable_dirs() -> list[Path]:
-    """Where uploaded images live: gradio copies uploads into the temp folder."""
-    dirs = [Path(tempfile.gettempdir()).resolve()]
-    if os.environ.get("GRADIO_TEMP_DIR"):
-        dirs.append(Path(os.environ["GRADIO_TEMP_DIR"]).expanduser().resolve())
-    return dirs
-
-
-def _open_path(path: Path) -> Image.Image:
-    # Paths arrive from gradio uploads; an API caller must not make the server read other files.
-    resolved = path.expanduser().resolve()
-    if not any(resolved.is_relative_to(folder) for folder in _readable_dirs()):
-        msg = (
-            f"Image paths are accepted only for uploads in the temporary folder; '{path}' is elsewhere. "
-            "Send the image itself (base64) instead."
-        )
-        raise InvalidInputError(msg)
-    if not _is_file(path):
-        msg = (
-            f"Image file '{path}' does not exist: if it was an upload, its temporary copy was "
-            "cleaned up; add the image again."
-        )
-        raise InvalidInputError(msg)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        msg = f"Image file '{path}' could not be read: {err.strerror or err}."
-        raise InvalidInputError(msg) from err
-    return _open_bytes(data, f"File '{path}'")
+def _refuse_path(path: object) -> NoReturn:
+    """Image files on the server are never read: an API caller could name any file, also one in
+    the upload folder that another user's upload left there. The panel hands uploads over as
+    bytes, so only a caller naming a file gets here."""
+    msg = (
+        f"Image files on the server are not read ('{path}'): send the image itself, as base64 or a "
+        "data:image/...;base64, URL."
+    )
+    raise InvalidInputError(msg)
 
 
 def b64decode_lenient(text: str) -> bytes:
@@ -228,8 +207,7 @@ def _decode_base64(text: str) -> bytes:
         return b64decode_lenient(text)
     except (binascii.Error, ValueError) as err:
         msg = (
-            f"{_describe_value(text)} is neither base64 image data, a data:image/...;base64, URL "
-            "nor an existing image file."
+            f"{_describe_value(text)} is neither base64 image data nor a data:image/...;base64, URL."
         )
         raise InvalidInputError(msg) from err
 
@@ -255,7 +233,7 @@ def _decode_string(text: str) -> Image.Image:
     if len(text) <= _MAX_PATH_CHARS and "\n" not in text:
         path = Path(text).expanduser()
         if text.lower().endswith(_IMAGE_SUFFIXES) or _is_file(path):
-            return _open_path(path)
+            _refuse_path(text)
     return _open_bytes(_decode_base64(text), "The base64 data")
 
 
@@ -266,7 +244,7 @@ def _decode_mapping(value: dict, depth: int) -> Image.Image:
     for key in ("path", "name"):
         candidate = value.get(key)
         if isinstance(candidate, str) and candidate and (value.get("is_file") or _is_file(Path(candidate))):
-            return _open_path(Path(candidate))
+            _refuse_path(candidate)
     for key in ("data", "path", "name", "url"):
         candidate = value.get(key)
         if candidate is not None and candidate != "":
@@ -288,7 +266,7 @@ def _decode(value: object, depth: int) -> Image.Image:
     if isinstance(value, bytes | bytearray | memoryview):
         return _open_bytes(bytes(value), "The image data")
     if isinstance(value, PurePath | os.PathLike):
-        return _open_path(Path(os.fspath(value)))
+        _refuse_path(os.fspath(value))
     if isinstance(value, dict):
         return _decode_mapping(value, depth)
     if isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[1], str | None):
@@ -296,7 +274,7 @@ def _decode(value: object, depth: int) -> Image.Image:
     for attr in ("path", "name"):  # gr.File's temp-file wrapper, gradio 4 FileData
         candidate = getattr(value, attr, None)
         if isinstance(candidate, str) and candidate:
-            return _open_path(Path(candidate))
+            _refuse_path(candidate)
     if value is None:
         msg = "No image was given."
         raise InvalidInputError(msg)
@@ -311,10 +289,11 @@ def decode_image(value: object) -> Image.Image:
     """Return any image a UI control or an API caller can send as a PIL RGB image.
 
     Takes PIL images, numpy arrays (H×W, H×W×3, H×W×4), base64 strings, ``data:image/…;base64,``
-    URLs, raw bytes, file paths (gradio hands uploads over as temporary files), gradio's
-    ``{"image", "mask"}`` dicts, its file dicts and objects (``name``/``path``) and gallery
-    entries ``(image, caption)``. EXIF rotation is applied and alpha is composited over black.
-    http(s) URLs are refused: the extension never goes to the network. Raises
+    URLs, raw bytes, gradio's ``{"image", "mask"}`` dicts, its inline file dicts (``data``) and
+    gallery entries ``(image, caption)``. EXIF rotation is applied and alpha is composited over
+    black. http(s) URLs and files on the server (paths, gradio's file dicts and objects that name
+    one) are refused: the extension never goes to the network, and an API caller cannot make it
+    read a file. Raises
     :class:`InvalidInputError` with a message that never echoes the image data.
     """
     return _decode(value, 0)

@@ -522,14 +522,26 @@ def test_decode_bytes() -> None:
     assert same_pixels(decode_image(bytearray(encoded(FACE))), FACE)
 
 
-def test_decode_paths(tmp_path: Path) -> None:
+def test_files_on_the_server_are_never_read(tmp_path: Path) -> None:
+    """Paths, gradio's file dicts and file objects name a file on the server: an API caller could
+    name any file, the upload folder included. The panel hands uploads over as bytes."""
     path = tmp_path / "face.png"
     FACE.save(path)
-    assert same_pixels(decode_image(str(path)), FACE)
-    assert same_pixels(decode_image(path), FACE)
     extless = tmp_path / "upload"
     extless.write_bytes(encoded(FACE))
-    assert same_pixels(decode_image(str(extless)), FACE)
+    values = (
+        str(path),
+        path,
+        str(extless),
+        {"name": str(path), "data": None, "is_file": True},
+        {"path": str(path), "url": "http://127.0.0.1:7860/file=x", "orig_name": "face.png"},
+        {"image": {"path": str(path)}, "caption": None},
+        SimpleNamespace(name=str(path)),  # gr.File's tempfile wrapper
+        [str(path), "caption"],
+    )
+    for value in values:
+        with pytest.raises(InvalidInputError, match="Image files on the server are not read"):
+            decode_image(value)
 
 
 def test_decode_gradio_image_and_mask_dict() -> None:
@@ -538,25 +550,18 @@ def test_decode_gradio_image_and_mask_dict() -> None:
     assert same_pixels(decode_image({"image": FACE_B64, "mask": None}), FACE)
 
 
-def test_decode_gradio_file_values(tmp_path: Path) -> None:
-    path = tmp_path / "tmpabc123.png"
-    FACE.save(path)
-    gradio3 = {"name": str(path), "data": None, "is_file": True}
+def test_decode_gradio_inline_values() -> None:
     gradio3_inline = {"name": "face.png", "data": f"data:image/png;base64,{FACE_B64}", "is_file": False}
-    gradio4 = {"path": str(path), "url": "http://127.0.0.1:7860/file=x", "orig_name": "face.png"}
-    gallery4 = {"image": {"path": str(path)}, "caption": None}
-    temp_file = SimpleNamespace(name=str(path))  # gr.File's tempfile wrapper
-    for value in (gradio3, gradio3_inline, gradio4, gallery4, temp_file):
+    gallery = {"image": {"data": FACE_B64}, "caption": None}
+    for value in (gradio3_inline, gallery):
         assert same_pixels(decode_image(value), FACE), value
 
 
-def test_gallery_values(tmp_path: Path) -> None:
-    first, second = tmp_path / "a.png", tmp_path / "b.png"
-    FACE.save(first)
-    rgb(seed=9).save(second)
-    gallery3 = [{"name": str(first), "data": None, "is_file": True}, {"name": str(second), "is_file": True}]
-    pairs = [[str(first), "caption"], (str(second), None)]
-    dict_pairs = [[{"name": str(first), "is_file": True}, ""], [{"name": str(second), "is_file": True}, None]]
+def test_gallery_values() -> None:
+    second = b64(rgb(seed=9))
+    gallery3 = [{"name": "a.png", "data": FACE_B64, "is_file": False}, {"name": "b.png", "data": second}]
+    pairs = [[FACE_B64, "caption"], (second, None)]
+    dict_pairs = [[{"data": FACE_B64}, ""], [{"data": second}, None]]
     for gallery in (gallery3, pairs, dict_pairs):
         args = InstantIDArgs.parse({"images": gallery})
         assert len(args.images) == 2
@@ -595,11 +600,11 @@ def test_exif_rotation_is_applied() -> None:
         ("data:text/plain;base64,aGVsbG8=", "not a base64 image"),
         ("aGVsbG8gd29ybGQ=", "not an image Pillow can read"),
         ("!!not base64!!", "neither base64 image data"),
-        ("/nonexistent/missing/face.png", "accepted only for uploads"),
-        (str(Path(tempfile.gettempdir()) / "instantid-missing-face.png"), "does not exist"),
+        ("/nonexistent/missing/face.png", "files on the server are not read"),
+        (str(Path(tempfile.gettempdir()) / "instantid-missing-face.png"), "files on the server are not read"),
         ("", "empty string"),
         ({"caption": "x"}, "no image in it"),
-        ({"name": "/nonexistent/tmp123.png", "is_file": True}, "accepted only for uploads"),
+        ({"name": "/nonexistent/tmp123.png", "is_file": True}, "files on the server are not read"),
         (np.zeros((2, 2, 2), np.uint8), "H×W"),
         (12, "Cannot read an image"),
         (None, "must not be empty"),
