@@ -22,7 +22,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     f"{INFOTEXT_PREFIX} IdentityNet range": ("control_start", "control_end"),
     f"{INFOTEXT_PREFIX} pose offset": ("pose_offset_x", "pose_offset_y"),
 }
-#: The several-people line, as :func:`instantid_ext.people.describe` writes it:
+#: The several-people line, as :func:`instantid_ext.job.people.describe` writes it:
 #: "1: identity:Alice left 0.8/0.8; 2: images:1a2b box(0.5 0 1 1) 0.6/0.5".
 PEOPLE_KEY = f"{INFOTEXT_PREFIX} people"
 _PERSON = re.compile(

@@ -920,7 +920,7 @@ def test_too_many_reference_photos_are_refused_before_decoding() -> None:
 
 
 def test_the_people_line_reads_back_what_describe_writes() -> None:
-    from instantid_ext.people import PersonConditioning, describe
+    from instantid_ext.job.people import PersonConditioning, describe
 
     photo = Image.new("RGB", (64, 64))
     args = InstantIDArgs(
