@@ -206,9 +206,7 @@ def _decode_base64(text: str) -> bytes:
     try:
         return b64decode_lenient(text)
     except (binascii.Error, ValueError) as err:
-        msg = (
-            f"{_describe_value(text)} is neither base64 image data nor a data:image/...;base64, URL."
-        )
+        msg = f"{_describe_value(text)} is neither base64 image data nor a data:image/...;base64, URL."
         raise InvalidInputError(msg) from err
 
 
