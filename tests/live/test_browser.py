@@ -136,10 +136,17 @@ def upload(page: Any, selector: str, files: list[str] | str) -> None:
     page.locator(f"{selector} input[type=file]").first.set_input_files(files)
 
 
-def choose(page: Any, selector: str, option: str) -> None:
-    """Pick ``option`` in a gradio 3 dropdown (its items carry the value in ``data-value``)."""
+def choose(page: Any, selector: str, option: str | int) -> None:
+    """Pick ``option`` in a gradio 3 dropdown: its label (items carry it in ``data-value``), or
+    the first item whose label contains it, or its position."""
     page.locator(f"{selector} input").first.click()
-    page.locator(f'ul.options li[data-value="{option}"]').first.click()
+    items = page.locator("ul.options li")
+    if isinstance(option, int):
+        items.nth(option).click()
+    elif page.locator(f'ul.options li[data-value="{option}"]').count():
+        page.locator(f'ul.options li[data-value="{option}"]').first.click()
+    else:
+        page.locator(f'ul.options li[data-value*="{option}" i]').first.click()
     page.wait_for_timeout(200)
 
 
@@ -245,6 +252,7 @@ def test_two_people_and_their_regions_preview(page: Any, tmp_path: Path) -> None
             add.click()
             page.wait_for_timeout(500)
         upload(page, row, face_file(tmp_path, 30 + n))
+        choose(page, el("txt2img", f"person{n}_region"), "left" if n == 1 else "right")
     page.locator(el("txt2img", "people_preview")).click()
     page.wait_for_selector(f"{el('txt2img', 'people_picture')} img", timeout=RUN_TIMEOUT_MS)
     shoot(page, el("txt2img", "people_accordion"), "several-people-preview.png")
@@ -253,8 +261,8 @@ def test_two_people_and_their_regions_preview(page: Any, tmp_path: Path) -> None
 def test_pose_preset_preview(page: Any, tmp_path: Path) -> None:
     open_panel(page)
     upload(page, el("txt2img", "images"), face_file(tmp_path))
-    choose(page, el("txt2img", "pose_source"), "preset")
-    choose(page, el("txt2img", "pose_preset"), "profile left")
+    page.locator(el("txt2img", "pose_source")).get_by_label("Preset", exact=True).check()
+    choose(page, el("txt2img", "pose_preset"), 1)  # the first preset after "None"
     open_section(page, el("txt2img", "preview_accordion"))
     page.locator(el("txt2img", "preview")).click()
     page.wait_for_selector(f"{el('txt2img', 'preview_keypoints')} img", timeout=RUN_TIMEOUT_MS)

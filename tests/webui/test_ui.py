@@ -679,3 +679,18 @@ def test_readers_compare_by_field() -> None:
     assert InfotextReader("id_weight") != "InstantID ID weight"
     assert InfotextReader("id_weight").key == "InstantID ID weight"
     assert InfotextReader("pose_image").key is None
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_every_pose_source_of_the_arguments_is_offered(tab: str) -> None:
+    """The panel offers each pose source the arguments take (the init image only in img2img);
+    the preset list, shown only for "preset", was unreachable while that choice was missing."""
+    from typing import get_args
+
+    from instantid_ext.args.choices import PoseSource
+
+    result, _, _ = build(tab)
+    radio = dict(zip(ARG_FIELDS, result.components, strict=True))["pose_source"]
+    offered = {choice[1] if isinstance(choice, tuple) else choice for choice in radio.choices}
+    expected = set(get_args(PoseSource)) - ({"init_image"} if tab == "txt2img" else set())
+    assert offered == expected

@@ -78,14 +78,24 @@ def plot_values(option: AxisOption, text: str) -> list:
     return converted
 
 
-def plot(p: fake_host.Processing, option: AxisOption, text: str) -> list[fake_host.Processed]:
-    """One row of cells, as the plot's ``cell()`` makes them."""
+def plot(
+    p: fake_host.Processing, option: AxisOption, text: str, errors: list[Exception] | None = None
+) -> list[fake_host.Processed | None]:
+    """One row of cells, as the plot's ``cell()`` makes them (WebUI 1.6–1.10): a cell whose
+    ``process_images`` raises is shown (``errors``; raised again when none is given) and gets
+    an empty result, and the plot goes on with the next cell."""
     values = plot_values(option, text)
-    results = []
+    results: list[fake_host.Processed | None] = []
     for value in values:
         pc = copy(p)
         option.apply(pc, value, values)
-        results.append(fake_host.process_images(pc))
+        try:
+            results.append(fake_host.process_images(pc))
+        except Exception as err:
+            if errors is None:
+                raise
+            errors.append(err)
+            results.append(None)
     p.close()
     return results
 
@@ -211,10 +221,17 @@ def test_id_range_axes(xyz, host, unet) -> None:
 
 
 def test_start_after_the_panels_end_fails_that_cell_with_the_sentence(xyz, host, unet) -> None:
+    """The plot shows the failing cell's error and goes on: the next cell equals that cell's
+    settings as a job of its own, and nothing of the failed cell is left on the UNet."""
+    errors: list[Exception] = []
     p = job(host, unet, enabled(id_end=0.5))
-    with pytest.raises(InvalidInputError, match="id_start") as info:
-        plot(p, axis(xyz, "[InstantID] ID start"), "0.75")
-    assert "id_end" in str(info.value)
+    failed, after = plot(p, axis(xyz, "[InstantID] ID start"), "0.75, 0.25", errors)
+    assert failed is None and after is not None
+    (error,) = errors
+    assert isinstance(error, InvalidInputError)
+    assert "id_start" in str(error) and "id_end" in str(error)
+    alone = fake_host.run_job(job(host, unet, enabled(id_start=0.25, id_end=0.5)))
+    assert torch.equal(after.latents, alone.latents)
     assert no_hooks(unet)
 
 

@@ -36,6 +36,7 @@ POSE_CHOICES = [
     ("Reference face", "reference"),
     ("Pose image", "pose_image"),
     ("Init image face", "init_image"),
+    ("Preset", "preset"),
     ("None (free pose)", "none"),
 ]
 #: What "Auto" means on each tab.
