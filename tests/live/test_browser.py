@@ -168,7 +168,7 @@ def wait_for_info(page: Any, tab: str, text: str) -> str:
         arg=[f"#html_info_{tab}", text],
         timeout=RUN_TIMEOUT_MS,
     )
-    return page.locator(f"#html_info_{tab}").inner_text()
+    return page.locator(f"#html_info_{tab}").first.inner_text()
 
 
 # -- tests -------------------------------------------------------------------------------------------
