@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from .hooks import HookSet
 from .ip_adapter import NUM_FACE_TOKENS, IPAdapter
 from .sdxl_layers import TOKEN_DIM, Attn2Layer, sdxl_attn2_layers
 
@@ -228,7 +228,7 @@ def _check_identities(identities: Sequence[IPIdentity]) -> None:
             raise InvalidInputError(msg)
 
 
-class IPAttentionPatch:
+class IPAttentionPatch(HookSet):
     """InstantID's face tokens wired into the 70 attn2 layers of an SDXL UNet.
 
     Use as a context manager or call :meth:`remove`; removal is idempotent. ``mask`` is an
@@ -296,8 +296,7 @@ class IPAttentionPatch:
         self._warned_no_query = False
         self._owns_kv = precomputed is None
         self._kv: PrecomputedKV = {} if precomputed is None else precomputed
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._lock = threading.Lock()
+        HookSet.__init__(self)
         layers = sdxl_attn2_layers(unet)
         for layer, to_k in zip(layers, adapter.to_k_ip, strict=True):
             if to_k.out_features != layer.module.to_k.out_features:
@@ -323,22 +322,15 @@ class IPAttentionPatch:
             "y" if len(self.identities) == 1 else "ies",
         )
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
-
     def remove(self) -> None:
         """Detach every hook and drop the cached tensors; safe to call more than once."""
-        with self._lock:
-            handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        detached = self._detach()
         for hook in self._layers:
             hook.query = None
         if self._owns_kv:
             self._kv.clear()
         self._mask_cache.clear()
-        if handles:
+        if detached:
             logger.info("InstantID attention hooks removed")
 
     def __enter__(self) -> IPAttentionPatch:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +52,7 @@ from torch import nn
 
 from ..errors import IncompatibleModelError, InvalidInputError
 from .attention import MAX_IDENTITIES, region_probs, token_grid
+from .hooks import HookSet
 from .ip_adapter import NUM_FACE_TOKENS
 from .keypoints import draw_kps
 
@@ -202,7 +202,7 @@ class _AttnState:
     query: torch.Tensor | None = None
 
 
-class RegionalIdentityNet:
+class RegionalIdentityNet(HookSet):
     """Removable hooks making one IdentityNet pass serve k identities in k regions.
 
     ``control_model`` is the module ControlNet calls (any wrapper works: layers are found
@@ -232,8 +232,7 @@ class RegionalIdentityNet:
         """Context length of our calls: the people's tokens side by side."""
         self.call_is_ours = True
         self._weights_cache: dict[tuple, torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._lock = threading.Lock()
+        HookSet.__init__(self)
         self._states = [_AttnState(layer) for layer in self.layers]
         self._install(attention and self.count > 1)
 
@@ -260,16 +259,9 @@ class RegionalIdentityNet:
             "" if attention else " (attention unchanged)",
         )
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
-
     def remove(self) -> None:
         """Detach every hook and drop cached tensors; safe to call more than once."""
-        with self._lock:
-            handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        self._detach()
         for state in self._states:
             state.context = state.query = None
         self._weights_cache.clear()
