@@ -439,8 +439,11 @@ def test_preview_button_sends_the_panel_values_to_env() -> None:
     fake.preview_result = (None, hint, "Face found.")
     pose = Image.new("RGB", (10, 10))
     values = [[b"img"], pose, "pose_image", "index", 1.0, "Resize and Fill", "Front", False, 0, 1.0, 0, 0]
-    out = fn(*values, "largest", 2.0, 832.0, 1216.0)
-    assert out == (None, hint, "Face found.")
+    faces, keypoints, message = fn(*values, "largest", 2.0, 832.0, 1216.0)
+    # a picture is shown only while it holds something: an empty one is a large blank box
+    assert faces == {"__type__": "generic_update", "value": None, "visible": False}
+    assert keypoints["value"] is hint and keypoints["visible"] is True
+    assert message == "Face found."
     name, (fields, width, height) = fake.calls[-1]
     assert name == "preview" and (width, height) == (832, 1216)
     assert fields["pose_image"] is pose and fields["face_index"] == 1 and fields["pose_face_index"] == 2
@@ -467,7 +470,9 @@ def test_preview_defaults_to_1024_and_reports_errors() -> None:
         raise InvalidInputError("The image is unreadable.")
 
     env.preview = broken
-    assert ui.run_preview(env, *defaults, 1024, 1024) == (None, None, "⚠ The image is unreadable.")
+    faces, keypoints, message = ui.run_preview(env, *defaults, 1024, 1024)
+    assert [faces["visible"], keypoints["visible"]] == [False, False]
+    assert message == "⚠ The image is unreadable."
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")

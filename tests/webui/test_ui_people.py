@@ -6,13 +6,16 @@ it is shown changes. Skipped where gradio is not installed.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 gr = pytest.importorskip("gradio")
 
 from instantid_ext.args import ARG_FIELDS  # noqa: E402
+from instantid_ext.errors import InvalidInputError  # noqa: E402
 from instantid_ext.webui import ui  # noqa: E402
 from instantid_ext.webui.ui import people  # noqa: E402
 from tests.webui.test_ui import build, by_elem_id, dependency  # noqa: E402
@@ -77,9 +80,8 @@ def test_the_people_section_draws_one_row_of_inputs() -> None:
         "people_add",
         "people_remove",
         "people_preview",
-        "people_picture",
         "people_message",
-    ]
+    ]  # the regions picture waits, hidden, for the first preview
 
 
 def test_every_folded_section_starts_closed() -> None:
@@ -218,3 +220,17 @@ def test_the_script_pastes_the_rows_too(host) -> None:
         "control_weight",
     ]
     assert all(reader not in script.paste_field_names for reader in rows)
+
+
+def test_the_regions_picture_is_shown_only_while_it_holds_a_preview() -> None:
+    drawn = np.zeros((4, 4, 3), np.uint8)
+    env = SimpleNamespace(people_preview=lambda *values: (drawn, "2 people."))
+    picture, message = people.run_people_preview(env, [], "auto", None, "None", "Crop and Resize", 256, 256)
+    assert picture["value"] is drawn and picture["visible"] is True and message == "2 people."
+
+    def refused(*values: Any) -> Any:
+        raise InvalidInputError("Fill two rows.")
+
+    env.people_preview = refused
+    picture, message = people.run_people_preview(env, [], "auto", None, "None", "Crop and Resize", 256, 256)
+    assert picture["visible"] is False and message == "⚠ Fill two rows."

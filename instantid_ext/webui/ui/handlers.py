@@ -93,7 +93,13 @@ def status_text(env: UiEnv) -> str:
     return f"{'✓' if ok else '⚠'} {message}"
 
 
-def run_preview(env: UiEnv, *values: Any) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+def picture_update(image: np.ndarray | None) -> dict[str, Any]:
+    """A preview picture, shown only while it has something to show (an empty one is a large
+    blank box)."""
+    return gr.update(value=image, visible=image is not None)
+
+
+def run_preview(env: UiEnv, *values: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Show which face is used and the keypoint hint at the output size.
 
     ``values`` are the :data:`PREVIEW_FIELDS` in order, then the output width and height.
@@ -103,9 +109,10 @@ def run_preview(env: UiEnv, *values: Any) -> tuple[np.ndarray | None, np.ndarray
     for name in ("face_index", "pose_face_index"):
         named[name] = int(named[name] or 0)
     try:
-        return env.preview(named, *output_size(width, height))
+        annotated, keypoints, message = env.preview(named, *output_size(width, height))
     except InstantIDError as err:
-        return None, None, f"⚠ {err}"
+        annotated, keypoints, message = None, None, f"⚠ {err}"
+    return picture_update(annotated), picture_update(keypoints), message
 
 
 def save_identity(

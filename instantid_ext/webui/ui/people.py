@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from ...args import INFOTEXT_PREFIX, InstantIDArgs, Person
 from ...errors import InstantIDError
 from .env import UiEnv
-from .handlers import output_size, size_from_tab_js
+from .handlers import output_size, picture_update, size_from_tab_js
 from .values import NO_IDENTITY, known_name
 from .widgets import Panel, field_slider
 
@@ -41,10 +40,8 @@ REGION_CHOICES = [
 #: One person row's inputs, in the order people_value() reads them.
 PERSON_INPUTS = ("images", "identity", "region", "box", "mask", "id_weight", "control_weight")
 PEOPLE_HINT = (
-    "Two to four people in one picture: each row is one person (photos or a saved identity) "
-    "and the region the person goes in; **Add person** for the next. When two or more rows are "
-    "filled, they replace the photo above. *Auto* regions follow the faces of the pose image "
-    "(or, in img2img, of the init image), left to right."
+    "Two to four people, one row each (photos or a saved identity, and where the person goes); "
+    "two filled rows replace the photo above. *Auto*: the pose image's faces, left to right."
 )
 #: An empty row's values, in :data:`PERSON_INPUTS` order as the components hold them.
 ROW_DEFAULTS: dict[str, Any] = {
@@ -88,14 +85,15 @@ def people_value(*values: Any) -> list[dict[str, Any]]:
     return people
 
 
-def run_people_preview(env: UiEnv, *values: Any) -> tuple[np.ndarray | None, str]:
+def run_people_preview(env: UiEnv, *values: Any) -> tuple[dict[str, Any], str]:
     """Show where each person goes; the last two values are the output width and height."""
     *fields, width, height = values
     assert env.people_preview is not None
     try:
-        return env.people_preview(*fields, *output_size(width, height))
+        picture, message = env.people_preview(*fields, *output_size(width, height))
     except InstantIDError as err:
-        return None, f"⚠ {err}"
+        picture, message = None, f"⚠ {err}"
+    return picture_update(picture), message
 
 
 def show_region_inputs(region: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -195,36 +193,31 @@ class RowReader:
 def _person_row(p: Panel, number: int) -> tuple[Any, list[Any]]:
     """One person's row and its inputs, in :data:`PERSON_INPUTS` order."""
     pid = functools.partial(lambda n, name: p.eid(f"person{n}_{name}"), number)
-    with gr.Row(visible=number <= PEOPLE_AT_START, elem_id=pid("row")) as row:
-        images = gr.File(
-            label=f"Person {number}: photo(s)",
-            file_count="multiple",
-            file_types=["image"],
-            type="binary",
-            elem_id=pid("images"),
-        )
-        with gr.Column():
-            identity = gr.Dropdown(
-                choices=[NO_IDENTITY, *p.env.identity_names()],
-                value=NO_IDENTITY,
-                label="or a saved identity",
-                elem_id=pid("identity"),
-            )
-            region = gr.Dropdown(
-                choices=[label for label, _ in REGION_CHOICES],
-                value=REGION_CHOICES[0][0],
-                type="index",
-                label="Region",
-                elem_id=pid("region"),
-            )
-            box = gr.Textbox(
-                label="Box: x1, y1, x2, y2 (fractions)",
-                placeholder="0.5, 0.1, 1, 0.9",
-                visible=False,
-                elem_id=pid("box"),
-            )
-        mask = gr.Image(label="Region mask", type="pil", visible=False, elem_id=pid("mask"))
-        with gr.Column():
+    with gr.Column(visible=number <= PEOPLE_AT_START, elem_id=pid("row")) as row:
+        with gr.Row():
+            images = p.photos(f"Person {number}: photo(s)", f"person{number}_images")
+            with gr.Column():
+                identity = gr.Dropdown(
+                    choices=[NO_IDENTITY, *p.env.identity_names()],
+                    value=NO_IDENTITY,
+                    label="or a saved identity",
+                    elem_id=pid("identity"),
+                )
+                region = gr.Dropdown(
+                    choices=[label for label, _ in REGION_CHOICES],
+                    value=REGION_CHOICES[0][0],
+                    type="index",
+                    label="Region",
+                    elem_id=pid("region"),
+                )
+                box = gr.Textbox(
+                    label="Box: x1, y1, x2, y2 (fractions)",
+                    placeholder="0.5, 0.1, 1, 0.9",
+                    visible=False,
+                    elem_id=pid("box"),
+                )
+            mask = gr.Image(label="Region mask", type="pil", visible=False, elem_id=pid("mask"))
+        with gr.Row():
             weights = [
                 field_slider(name, step=0.05, label=label, elem_id=pid(name), model=Person)
                 for name, label in (("id_weight", "ID weight"), ("control_weight", "IdentityNet strength"))

@@ -47,6 +47,8 @@ AUTO_POSE_INFO = {
         "(the one under the inpaint mask), else the reference face."
     ),
 }
+#: Height of the reference thumbnails beside the photos (px).
+THUMBNAILS_HEIGHT = 90
 RESIZE_CHOICES = ["Crop and Resize", "Resize and Fill", "Just Resize"]
 FACE_PASS_CHOICES = [("Largest face", "largest"), ("All faces", "all"), ("Face number…", "index")]
 
@@ -57,42 +59,33 @@ def reference_section(p: Panel) -> None:
     gr.Markdown(HINT, elem_id=p.eid("hint"))
     p.parts["controlnet_line"] = gr.Markdown(status_text(p.env), elem_id=p.eid("controlnet_status"))
     with gr.Row():
-        a["images"] = gr.File(
-            label="Reference face photo(s)",
-            file_count="multiple",
-            file_types=["image"],
-            type="binary",
-            elem_id=p.eid("images"),
-        )
-        thumbnails = gr.Gallery(
-            label="Reference photos",
-            columns=4,
-            object_fit="contain",
-            allow_preview=False,
-            show_download_button=False,
-            show_share_button=False,
-            visible=False,
-            elem_id=p.eid("thumbnails"),
-        )
+        a["images"] = p.photos("Reference face photo(s)", "images")
+        with gr.Column():
+            with gr.Row():
+                a["identity"] = gr.Dropdown(
+                    choices=[NO_IDENTITY, *p.env.identity_names()],
+                    value=default_value("identity"),
+                    label="or a saved identity",
+                    info='Used instead of the photos; "None" uses the photos.',
+                    elem_id=p.eid("identity"),
+                )
+                refresh = p.tool("🔄", "identity_refresh", "Reload the list of saved identities")
+            thumbnails = gr.Gallery(
+                label="Reference photos",
+                columns=4,
+                height=THUMBNAILS_HEIGHT,
+                object_fit="contain",
+                allow_preview=False,
+                show_download_button=False,
+                show_share_button=False,
+                visible=False,
+                elem_id=p.eid("thumbnails"),
+            )
     with gr.Row():
-        a["id_weight"] = p.slider(
-            "id_weight", 0.05, "ID weight", "How strongly the face tokens push the likeness."
-        )
+        a["id_weight"] = p.slider("id_weight", 0.05, "ID weight", "Likeness from the face tokens.")
         a["control_weight"] = p.slider(
-            "control_weight",
-            0.05,
-            "IdentityNet strength",
-            "How strongly the face keypoints and landmarks are held.",
+            "control_weight", 0.05, "IdentityNet strength", "How firmly the face's keypoints are held."
         )
-    with gr.Row():
-        a["identity"] = gr.Dropdown(
-            choices=[NO_IDENTITY, *p.env.identity_names()],
-            value=default_value("identity"),
-            label="Saved identity",
-            info='Used instead of the photos; "None" uses the photos.',
-            elem_id=p.eid("identity"),
-        )
-        refresh = p.tool("🔄", "identity_refresh", "Reload the list of saved identities")
     a["images"].change(reference_thumbnails, inputs=[a["images"]], outputs=[thumbnails], queue=False)
     refresh.click(
         functools.partial(refresh_identities, p.env),
@@ -180,16 +173,12 @@ def advanced_section(p: Panel) -> None:
             value=default_value("image_weights"),
             label="Image weights",
             placeholder="1, 0.5",
-            info=(
-                "One number per photo, in upload order (the thumbnails' numbers): "
-                '"1, 0.5" makes photo 1 count twice as much as photo 2. Empty = equal.'
-            ),
+            info='One per photo, in upload order: "1, 0.5" counts photo 1 twice. Empty = equal.',
             elem_id=p.eid("image_weights"),
         )
         with gr.Row():
             a["id_start"] = p.fraction("id_start", "ID start")
             a["id_end"] = p.fraction("id_end", "ID end")
-        with gr.Row():
             a["control_start"] = p.fraction("control_start", "IdentityNet start")
             a["control_end"] = p.fraction("control_end", "IdentityNet end")
         _model_row(p)
@@ -197,39 +186,37 @@ def advanced_section(p: Panel) -> None:
             "resize_mode",
             RESIZE_CHOICES,
             "Resize mode",
-            "How the pose is fitted to the output size when the aspect ratios differ.",
+            "How the pose fits another aspect ratio.",
         )
         a["face_region_only"] = p.checkbox(
             "face_region_only",
             "Face region only",
-            'Like the reference demo\'s "enhance non-face region": the face tokens and '
-            "IdentityNet act only inside the face box, so the prompt alone shapes the "
-            "rest (background, clothes, style).",
+            "Face tokens and IdentityNet act only in the face box; the prompt shapes the rest.",
         )
         with gr.Row():
             a["pose_face_choice"] = p.radio(
                 "pose_face_choice",
                 FACE_CHOICES,
                 "Face in the pose / init image",
-                "Which face gives the keypoints (img2img with a mask: the face under it).",
+                "Which face gives the keypoints (with a mask: the one under it).",
             )
             a["pose_face_index"] = p.face_number("pose_face_index", a["pose_face_choice"])
         a["show_hint"] = p.checkbox(
             "show_hint",
             "Add the keypoint image to the outputs",
-            "Shows exactly what IdentityNet received, drawn where the sampler saw it.",
+            "Exactly what IdentityNet received.",
         )
         with gr.Row():
             a["noise"] = p.slider(
                 "noise",
                 0.05,
                 "Negative noise",
-                "Against burned, over-saturated images: 0.2–0.4 helps; 0 = off.",
+                "0.2–0.4 against burned images; 0 = off.",
             )
             a["likeness"] = p.checkbox(
                 "likeness",
                 "Likeness score",
-                "Score each output's face against the reference (shown in the image info).",
+                "Each output's face against the reference, in the image info.",
             )
 
 
@@ -262,20 +249,15 @@ def face_pass_section(p: Panel) -> None:
         a["face_pass"] = p.checkbox(
             "face_pass",
             "Restyle the face(s) after each image",
-            "Finds the faces in the result, redraws each at its own resolution with InstantID "
-            "and pastes it back: small faces come back with the identity.",
+            "Redraws each face of the result at its own size with InstantID: small faces keep the identity.",
         )
         with gr.Row():
             a["face_pass_faces"] = p.radio("face_pass_faces", FACE_PASS_CHOICES, "Faces")
             a["face_pass_index"] = p.face_number("face_pass_index", a["face_pass_faces"])
         with gr.Row():
             a["face_pass_strength"] = p.slider("face_pass_strength", 0.01, "Denoising strength")
-            a["face_pass_padding"] = p.slider(
-                "face_pass_padding", 4, "Padding (px)", "Context kept around each face."
-            )
-            a["face_pass_resolution"] = p.slider(
-                "face_pass_resolution", 64, "Working size", "Each face is redrawn at this size."
-            )
+            a["face_pass_padding"] = p.slider("face_pass_padding", 4, "Padding (px)")
+            a["face_pass_resolution"] = p.slider("face_pass_resolution", 64, "Working size")
         a["face_pass_prompt"] = gr.Textbox(
             value=default_value("face_pass_prompt"),
             label="Face pass prompt",
@@ -289,11 +271,14 @@ def save_identity_section(p: Panel) -> None:
     """Store the reference photos' face under a name (folded)."""
     a = p.args
     with gr.Accordion("Save as identity", open=False, elem_id=p.eid("save_accordion")):
+        gr.Markdown(
+            'Stores the photos\' face under a name, to pick from "saved identity" later.',
+            elem_id=p.eid("save_hint"),
+        )
         with gr.Row():
             name = gr.Textbox(
                 label="Name",
                 placeholder="e.g. Alice",
-                info='Stores the photos\' face so it can be picked from "Saved identity".',
                 elem_id=p.eid("identity_name"),
             )
             overwrite = gr.Checkbox(value=False, label="Replace if it exists", elem_id=p.eid("overwrite"))

@@ -19,6 +19,8 @@ from .env import UiEnv, elem_id
 from .handlers import DEFAULT_PREVIEW_SIZE, show_face_index
 from .values import default_value
 
+#: Height of the photo drop zones (px); gradio's default is about 240.
+PHOTO_DROP_HEIGHT = 110
 #: The radios' choices: (label, argument value).
 FACE_CHOICES = [
     ("Largest face", "largest"),
@@ -80,8 +82,9 @@ class Panel:
         return field_slider(name, step=step, label=label, info=info, elem_id=self.eid(name))
 
     def fraction(self, name: str, label: str) -> Any:
-        """A 0–1 slider for when, as a fraction of the sampling steps, an effect is on."""
-        return self.slider(name, 0.01, label, "Fraction of the sampling steps.")
+        """A 0–1 slider for when, as a fraction of the sampling steps, an effect is on (as
+        ControlNet's own start/end sliders, without a help line)."""
+        return self.slider(name, 0.01, label)
 
     def checkbox(self, name: str, label: str, info: str | None = None) -> Any:
         extra = {} if info is None else {"info": info}
@@ -118,8 +121,19 @@ class Panel:
         )
 
     def picture(self, label: str, name: str) -> Any:
-        """An output image a preview draws into."""
-        return gr.Image(label=label, type="numpy", interactive=False, elem_id=self.eid(name))
+        """An output image a preview draws into, hidden until it has drawn something."""
+        return gr.Image(label=label, type="numpy", interactive=False, visible=False, elem_id=self.eid(name))
+
+    def photos(self, label: str, name: str) -> Any:
+        """A drop zone for face photos, kept low: it is a target, not a viewer."""
+        return gr.File(
+            label=label,
+            file_count="multiple",
+            file_types=["image"],
+            type="binary",
+            height=PHOTO_DROP_HEIGHT,
+            elem_id=self.eid(name),
+        )
 
     def size_inputs(self, prefix: str) -> tuple[Any, Any]:
         """Hidden width and height inputs, filled from the tab's sliders when a preview runs."""
