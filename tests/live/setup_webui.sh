@@ -12,7 +12,8 @@
 #     commits into TARGET/stable-diffusion-webui;
 #  2. makes TARGET/venv with the WebUI's pinned packages, ControlNet's, insightface and onnxruntime;
 #  3. links this checkout as extensions/sd-webui-instantid (INSTANTID_LIVE_EXT_MODE=copy copies it),
-#     and the live suite's helper extension tests/live/painter (if present) as instantid-live-painter;
+#     and the live suite's helper extensions tests/live/painter and tests/live/probe (if present) as
+#     instantid-live-painter and instantid-live-probe;
 #  4. writes random-weight models with the real architectures (tests/live/webui_bed.py), a local
 #     Hugging Face cache for CLIP-L's tokenizer and the WebUI settings;
 #  5. writes TARGET/run.sh and TARGET/wait.sh.
@@ -232,11 +233,14 @@ install_ext() {
     fi
 }
 install_ext "$REPO" sd-webui-instantid
-# A test-bed-only helper extension of the live suite, when this checkout has it. Its folder name
-# sorts before the others, so its scripts run first.
-if [[ -d $REPO/tests/live/painter ]]; then
-    install_ext "$REPO/tests/live/painter" instantid-live-painter
-fi
+# The live suite's test-bed-only helper extensions, when this checkout has them. Their folder
+# names sort before the others, so their scripts run first: the painter (outputs replaced by a
+# given picture) and the probe (InstantID's face attention checked against its unfolded formula).
+for helper in painter probe; do
+    if [[ -d $REPO/tests/live/$helper ]]; then
+        install_ext "$REPO/tests/live/$helper" "instantid-live-$helper"
+    fi
+done
 
 # ---------------------------------------------------------------------------------------------
 say "4/5 models, tokenizer cache and settings"
