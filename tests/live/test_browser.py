@@ -39,9 +39,11 @@ WIDTH = 1400
 LOAD_TIMEOUT_MS = 180_000
 RUN_TIMEOUT_MS = 900_000
 PANEL_LIMIT_PX = 2000
+#: What gradio throws when ``onCalcResolutionHires`` (WebUI 1.10.1, ``javascript/hires_fix.js``)
+#: returns values to its output-less event.
+HOST_SIZE_ERROR = "Cannot read properties of undefined (reading 'props')"
 SECTIONS = (
     "pose_edits",
-    "preview_accordion",
     "advanced",
     "face_pass_accordion",
     "people_accordion",
@@ -157,8 +159,16 @@ def shoot(page: Any, selector: str, name: str) -> None:
 
 
 def small_generation(page: Any, tab: str = "txt2img") -> None:
+    """256², 2 steps. WebUI 1.10.1's own ``hires_fix.js`` answers each width/height release
+    with six values for an event that has no outputs, and gradio throws on the first missing
+    output: the same page error comes on any page, with InstantID off or not installed. That
+    one error, at that moment, is set aside; any other still fails the test."""
+    errors = page.instantid_errors
+    before = len(errors)
     set_number(page, f"#{tab}_width", 256)
     set_number(page, f"#{tab}_height", 256)
+    page.wait_for_timeout(500)
+    errors[before:] = [e for e in errors[before:] if e != f"page error: {HOST_SIZE_ERROR}"]
     set_number(page, f"#{tab}_steps", 2)
 
 
@@ -179,16 +189,25 @@ def test_photo_preview_generate_and_likeness(page: Any, tmp_path: Path) -> None:
     enable(page)
     upload(page, el("txt2img", "images"), face_file(tmp_path))
     shoot(page, el("txt2img", "accordion"), "panel-txt2img.png")
-    open_section(page, el("txt2img", "preview_accordion"))
     page.locator(el("txt2img", "preview")).click()
     page.wait_for_selector(f"{el('txt2img', 'preview_faces')} img", timeout=RUN_TIMEOUT_MS)
     page.wait_for_selector(f"{el('txt2img', 'preview_keypoints')} img", timeout=RUN_TIMEOUT_MS)
-    shoot(page, el("txt2img", "preview_accordion"), "preview-face-keypoints.png")
+    shoot(page, el("txt2img", "preview_section"), "preview-face-keypoints.png")
     small_generation(page)
     page.locator("#txt2img_generate").click()
     info = wait_for_info(page, "txt2img", "InstantID")
     assert "InstantID likeness" in info or "Likeness" in info, info
     shoot(page, "#txt2img_results", "output-with-likeness.png")
+
+
+def test_img2img_panel_previews_the_face(page: Any, tmp_path: Path) -> None:
+    """The img2img tab has its own panel, and its preview works without an init image."""
+    open_panel(page, "img2img")
+    upload(page, el("img2img", "images"), face_file(tmp_path))
+    assert not page.locator(el("img2img", "preview_faces")).is_visible()  # no blank box yet
+    page.locator(el("img2img", "preview")).click()
+    page.wait_for_selector(f"{el('img2img', 'preview_faces')} img", timeout=RUN_TIMEOUT_MS)
+    assert "face" in page.locator(el("img2img", "preview_message")).inner_text().lower()
 
 
 def test_png_info_send_to_txt2img_restores_every_instantid_field(page: Any) -> None:
@@ -263,7 +282,6 @@ def test_pose_preset_preview(page: Any, tmp_path: Path) -> None:
     upload(page, el("txt2img", "images"), face_file(tmp_path))
     page.locator(el("txt2img", "pose_source")).get_by_label("Preset", exact=True).check()
     choose(page, el("txt2img", "pose_preset"), 1)  # the first preset after "None"
-    open_section(page, el("txt2img", "preview_accordion"))
     page.locator(el("txt2img", "preview")).click()
     page.wait_for_selector(f"{el('txt2img', 'preview_keypoints')} img", timeout=RUN_TIMEOUT_MS)
 

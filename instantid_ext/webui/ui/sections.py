@@ -27,30 +27,24 @@ from .handlers import (
 from .values import NO_IDENTITY, default_value, with_auto
 from .widgets import FACE_CHOICES, Panel
 
-HINT = (
-    "Drop a face photo (several of one person are averaged), tick **InstantID** and generate. "
-    "CFG 3–5 works best (higher burns the image); SDXL checkpoints only."
-)
+HINT = "Drop a face photo, tick **InstantID**, generate: SDXL only, CFG 3–5 (higher burns the image)."
 POSE_CHOICES = [
     ("Auto", "auto"),
-    ("Reference face", "reference"),
+    ("Reference", "reference"),
     ("Pose image", "pose_image"),
-    ("Init image face", "init_image"),
+    ("Init image", "init_image"),
     ("Preset", "preset"),
-    ("None (free pose)", "none"),
+    ("None (free)", "none"),
 ]
 #: What "Auto" means on each tab.
 AUTO_POSE_INFO = {
-    "txt2img": "Where the face position and angle come from. Auto: the reference face.",
-    "img2img": (
-        "Where the face position and angle come from. Auto: the face in the init image "
-        "(the one under the inpaint mask), else the reference face."
-    ),
+    "txt2img": "The face's position and angle. Auto: the reference face's.",
+    "img2img": "The face's position and angle. Auto: the init image's face, else the reference's.",
 }
 #: Height of the reference thumbnails beside the photos (px).
 THUMBNAILS_HEIGHT = 90
 RESIZE_CHOICES = ["Crop and Resize", "Resize and Fill", "Just Resize"]
-FACE_PASS_CHOICES = [("Largest face", "largest"), ("All faces", "all"), ("Face number…", "index")]
+FACE_PASS_CHOICES = [("Largest", "largest"), ("All", "all"), ("Face number…", "index")]
 
 
 def reference_section(p: Panel) -> None:
@@ -59,7 +53,7 @@ def reference_section(p: Panel) -> None:
     gr.Markdown(HINT, elem_id=p.eid("hint"))
     p.parts["controlnet_line"] = gr.Markdown(status_text(p.env), elem_id=p.eid("controlnet_status"))
     with gr.Row():
-        a["images"] = p.photos("Reference face photo(s)", "images")
+        a["images"] = p.photos("Face photo(s) of one person", "images")
         with gr.Column():
             with gr.Row():
                 a["identity"] = gr.Dropdown(
@@ -126,19 +120,20 @@ def pose_section(p: Panel) -> None:
             a["pose_rotate"] = p.slider("pose_rotate", 1, "Rotate (degrees)")
             a["pose_scale"] = p.slider("pose_scale", 0.05, "Scale")
         with gr.Row():
-            a["pose_offset_x"] = p.slider("pose_offset_x", 0.01, "Move right", "Fraction of the width.")
-            a["pose_offset_y"] = p.slider("pose_offset_y", 0.01, "Move down", "Fraction of the height.")
+            a["pose_offset_x"] = p.slider("pose_offset_x", 0.01, "Move right (× width)")
+            a["pose_offset_y"] = p.slider("pose_offset_y", 0.01, "Move down (× height)")
     a["pose_source"].change(
         show_pose_inputs, inputs=[a["pose_source"]], outputs=[a["pose_image"], a["pose_preset"]], queue=False
     )
 
 
 def preview_section(p: Panel) -> None:
-    """The face and keypoint preview; it follows the pose edits live.
+    """The face and keypoint preview, one click away (its pictures appear once drawn); it
+    follows the pose edits live.
 
     Needs the pose and advanced sections' components, so it is wired after them.
     """
-    with gr.Accordion("Preview", open=False, elem_id=p.eid("preview_accordion")):
+    with gr.Column(elem_id=p.eid("preview_section")):
         with gr.Row():
             button = gr.Button("Preview face", elem_id=p.eid("preview"))
             width, height = p.size_inputs("preview")
@@ -173,6 +168,8 @@ def advanced_section(p: Panel) -> None:
             value=default_value("image_weights"),
             label="Image weights",
             placeholder="1, 0.5",
+            lines=1,
+            max_lines=1,
             info='One per photo, in upload order: "1, 0.5" counts photo 1 twice. Empty = equal.',
             elem_id=p.eid("image_weights"),
         )
@@ -182,23 +179,23 @@ def advanced_section(p: Panel) -> None:
             a["control_start"] = p.fraction("control_start", "IdentityNet start")
             a["control_end"] = p.fraction("control_end", "IdentityNet end")
         _model_row(p)
-        a["resize_mode"] = p.radio(
-            "resize_mode",
-            RESIZE_CHOICES,
-            "Resize mode",
-            "How the pose fits another aspect ratio.",
-        )
         a["face_region_only"] = p.checkbox(
             "face_region_only",
             "Face region only",
             "Face tokens and IdentityNet act only in the face box; the prompt shapes the rest.",
         )
         with gr.Row():
+            a["resize_mode"] = p.radio(
+                "resize_mode",
+                RESIZE_CHOICES,
+                "Resize mode",
+                "How the pose fits another aspect ratio.",
+            )
             a["pose_face_choice"] = p.radio(
                 "pose_face_choice",
                 FACE_CHOICES,
                 "Face in the pose / init image",
-                "Which face gives the keypoints (with a mask: the one under it).",
+                "Which face gives the keypoints.",
             )
             a["pose_face_index"] = p.face_number("pose_face_index", a["pose_face_choice"])
         a["show_hint"] = p.checkbox(
@@ -246,12 +243,12 @@ def face_pass_section(p: Panel) -> None:
     """The second pass that redraws each face at its own resolution (folded)."""
     a = p.args
     with gr.Accordion("Face pass", open=False, elem_id=p.eid("face_pass_accordion")):
-        a["face_pass"] = p.checkbox(
-            "face_pass",
-            "Restyle the face(s) after each image",
-            "Redraws each face of the result at its own size with InstantID: small faces keep the identity.",
-        )
         with gr.Row():
+            a["face_pass"] = p.checkbox(
+                "face_pass",
+                "Restyle the face(s) after each image",
+                "Redraws each face at its own size with InstantID: small faces keep the identity.",
+            )
             a["face_pass_faces"] = p.radio("face_pass_faces", FACE_PASS_CHOICES, "Faces")
             a["face_pass_index"] = p.face_number("face_pass_index", a["face_pass_faces"])
         with gr.Row():

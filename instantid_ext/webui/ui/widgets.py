@@ -21,11 +21,13 @@ from .values import default_value
 
 #: Height of the photo drop zones (px); gradio's default is about 240.
 PHOTO_DROP_HEIGHT = 110
+#: Narrowest a start/end slider gets (px): four share one row.
+FRACTION_MIN_WIDTH = 100
 #: The radios' choices: (label, argument value).
 FACE_CHOICES = [
-    ("Largest face", "largest"),
+    ("Largest", "largest"),
     ("Face number…", "index"),
-    ("Clearest detection", "highest_score"),
+    ("Clearest", "highest_score"),
 ]
 
 
@@ -37,6 +39,7 @@ def field_slider(
     elem_id: str,
     info: str | None = None,
     model: type[InstantIDArgs] | type[Person] = InstantIDArgs,
+    min_width: int = 160,
 ) -> Any:
     """A slider whose range and default are the args model's field's, so that the panel never
     offers a value the API would refuse."""
@@ -44,7 +47,14 @@ def field_slider(
     value = default_value(name) if model is InstantIDArgs else model.__fields__[name].get_default()
     extra = {} if info is None else {"info": info}
     return gr.Slider(
-        minimum=bounds.low, maximum=bounds.high, step=step, value=value, label=label, elem_id=elem_id, **extra
+        minimum=bounds.low,
+        maximum=bounds.high,
+        step=step,
+        value=value,
+        label=label,
+        min_width=min_width,
+        elem_id=elem_id,
+        **extra,
     )
 
 
@@ -77,14 +87,18 @@ class Panel:
     def eid(self, name: str) -> str:
         return elem_id(self.tab, name)
 
-    def slider(self, name: str, step: float, label: str, info: str | None = None) -> Any:
+    def slider(
+        self, name: str, step: float, label: str, info: str | None = None, min_width: int = 160
+    ) -> Any:
         """The argument ``name`` as a slider."""
-        return field_slider(name, step=step, label=label, info=info, elem_id=self.eid(name))
+        return field_slider(
+            name, step=step, label=label, info=info, elem_id=self.eid(name), min_width=min_width
+        )
 
     def fraction(self, name: str, label: str) -> Any:
         """A 0–1 slider for when, as a fraction of the sampling steps, an effect is on (as
         ControlNet's own start/end sliders, without a help line)."""
-        return self.slider(name, 0.01, label)
+        return self.slider(name, 0.01, label, min_width=FRACTION_MIN_WIDTH)
 
     def checkbox(self, name: str, label: str, info: str | None = None) -> Any:
         extra = {} if info is None else {"info": info}
