@@ -13,7 +13,6 @@ The default (CPU, float32, a 32×32 latent) finishes in about a minute on two co
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,16 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import base_parser, random_ip_layers, synchronize, unet_call_inputs
 from instantid_ext.method.attention import IPAttentionPatch
 from instantid_ext.method.ip_adapter import IPAdapter
 from instantid_ext.method.resampler import Resampler
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_unet import make_unet
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, device: torch.device, repeats: int) -> list[float]:
@@ -70,30 +65,21 @@ def naive_hooks(unet: torch.nn.Module, adapter: IPAdapter, tokens: torch.Tensor,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--latent", type=int, default=32, help="latent side (image side / 8)")
-    parser.add_argument("--batch", type=int, default=2, help="rows per UNet call (cond + uncond)")
+    parser = base_parser(__doc__.splitlines()[0], "rows per UNet call (cond + uncond)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
     unet = make_unet(widths=(320, 640, 1280), d_head=64).to(device, dtype)
-    layers = sdxl_attn2_layers(unet)
     resampler = Resampler(dim=1280, depth=4, heads=20)
-    to_k = [torch.nn.Linear(2048, layer.module.to_k.out_features, bias=False) for layer in layers]
-    to_v = [torch.nn.Linear(2048, layer.module.to_k.out_features, bias=False) for layer in layers]
+    to_k, to_v = random_ip_layers(unet)
     adapter = IPAdapter(resampler.eval(), to_k, to_v)
     cond = adapter.face_tokens(torch.randn(512) * 20)
     uncond = adapter.uncond_tokens()
 
     g = torch.Generator(device="cpu").manual_seed(0)
     b, n = args.batch, args.latent
-    x = torch.randn(b, 4, n, n, generator=g).to(device, dtype)
-    t = torch.full((b,), 500.0, device=device)
-    ctx = torch.randn(b, 77, 2048, generator=g).to(device, dtype)
-    y = torch.randn(b, 2816, generator=g).to(device, dtype)
+    x, t, ctx, y = unet_call_inputs(g, b, n, device, dtype)
 
     @torch.no_grad()
     def step() -> None:

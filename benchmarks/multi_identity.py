@@ -23,7 +23,6 @@ latent) take several minutes on two cores and about 12 GB of memory. On a shared
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -34,21 +33,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import base_parser, random_ip_layers, synchronize, unet_call_inputs
 from instantid_ext.method.attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch
 from instantid_ext.method.identitynet_regions import RegionalIdentityNet, ResidualScaler, region_strength_map
 from instantid_ext.method.ip_adapter import IPAdapter
 from instantid_ext.method.resampler import Resampler
-from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_controlnet import make_controlnet
 from tests.fakes.sgm_unet import make_unet
 
 WIDTHS = (320, 640, 1280)
 ID_WEIGHT, IDNET_STRENGTH = 0.8, 0.8
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def band_masks(count: int, height: int, width: int) -> torch.Tensor:
@@ -61,11 +55,7 @@ def band_masks(count: int, height: int, width: int) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--latent", type=int, default=32, help="latent side (image side / 8)")
-    parser.add_argument("--batch", type=int, default=2, help="rows per call (cond + uncond)")
+    parser = base_parser(__doc__.splitlines()[0], "rows per call (cond + uncond)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
@@ -83,19 +73,14 @@ def main() -> None:
 
     unet = make_unet(widths=WIDTHS, d_head=64).to(device, dtype)
     control = make_controlnet(seed=1, widths=WIDTHS, d_head=64).to(device, dtype)
-    layers = sdxl_attn2_layers(unet)
-    to_k = [torch.nn.Linear(2048, layer.module.to_k.out_features, bias=False) for layer in layers]
-    to_v = [torch.nn.Linear(2048, layer.module.to_k.out_features, bias=False) for layer in layers]
+    to_k, to_v = random_ip_layers(unet)
     adapter = IPAdapter(Resampler(dim=128, depth=1, heads=2).eval(), to_k, to_v)
     g = torch.Generator(device="cpu").manual_seed(0)
     uncond = adapter.uncond_tokens()
     conds = [adapter.face_tokens(torch.randn(512, generator=g) * 20) for _ in range(4)]
 
     b, n = args.batch, args.latent
-    x = torch.randn(b, 4, n, n, generator=g).to(device, dtype)
-    t = torch.full((b,), 500.0, device=device)
-    text = torch.randn(b, 77, 2048, generator=g).to(device, dtype)
-    y = torch.randn(b, 2816, generator=g).to(device, dtype)
+    x, t, text, y = unet_call_inputs(g, b, n, device, dtype)
     hint = torch.rand(b, 3, 8 * n, 8 * n, generator=g).to(device, dtype)
     n_cond = max(b // 2, 1)
 

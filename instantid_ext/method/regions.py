@@ -170,6 +170,16 @@ def _left_to_right(faces: Sequence[FaceLike]) -> list[FaceLike]:
     return sorted(faces, key=centre)
 
 
+def _enough_faces(faces: Sequence[FaceLike], needed: int, refusal: str) -> list[FaceLike]:
+    """``faces`` left to right, refused when there are fewer than the ``needed`` identities that ask
+    one each; ``refusal`` is the message, with ``{needed}`` and ``{found}`` (the faces there are)."""
+    ordered = _left_to_right(faces)
+    if needed > len(ordered):
+        found = f"{len(ordered)} face{'s' if len(ordered) != 1 else ''}"
+        raise InvalidInputError(refusal.format(needed=needed, found=found))
+    return ordered
+
+
 def _box_values(bbox: Any) -> np.ndarray:
     box = np.asarray(bbox, dtype=np.float64).reshape(-1)
     if box.shape != (4,) or not np.isfinite(box).all():
@@ -304,14 +314,12 @@ def _auto_regions(
             "(or the init image); give one, or choose another region."
         )
         raise InvalidInputError(msg)
-    ordered = _left_to_right(faces)
-    if len(users) > len(ordered):
-        found = f"{len(ordered)} face{'s' if len(ordered) != 1 else ''}"
-        msg = (
-            f"{len(users)} identities have the region 'auto' but the pose image shows only {found}; "
-            "use a pose image with a face for each of them, or give the others a box or a split."
-        )
-        raise InvalidInputError(msg)
+    ordered = _enough_faces(
+        faces,
+        len(users),
+        "{needed} identities have the region 'auto' but the pose image shows only {found}; "
+        "use a pose image with a face for each of them, or give the others a box or a split.",
+    )
     claimed: dict[int, int] = {}
     for i in users:
         index = specs[i].face_index
@@ -475,14 +483,12 @@ def match_pose_faces(
 ) -> list[FaceLike]:
     """The pose-image face for each region: its own face for ``auto``, otherwise the face
     whose box centre (mapped to the output) lies in the region (the largest, if several)."""
-    ordered = _left_to_right(faces)
-    if len(regions) > len(ordered):
-        found = f"{len(ordered)} face{'s' if len(ordered) != 1 else ''}"
-        msg = (
-            f"{len(regions)} identities take their pose from the pose image but it shows only {found}; "
-            "use a pose image with one face per person, or the pose of each reference photo."
-        )
-        raise InvalidInputError(msg)
+    ordered = _enough_faces(
+        faces,
+        len(regions),
+        "{needed} identities take their pose from the pose image but it shows only {found}; "
+        "use a pose image with one face per person, or the pose of each reference photo.",
+    )
     width, height = _check_size(output_size, "output size")
     chosen: list[FaceLike] = []
     taken: dict[int, Region] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from modules import scripts
@@ -37,6 +38,22 @@ def ui_env() -> Any:
 def _unexpected(err: Exception, when: str) -> InstantIDError:
     logger.exception("InstantID failed while %s", when)
     return InstantIDError(f"InstantID failed unexpectedly ({type(err).__name__}: {err}); see the console.")
+
+
+def _job_step(p: Any, step: Callable[[run.Run], None], doing: str | None = None) -> None:
+    """Runs ``step`` on the job of ``p``, if one runs. An InstantID error fails the job; so does any
+    other error when ``doing`` names the step (for the console), which otherwise propagates."""
+    job = run.run_of(p)
+    if job is None:
+        return
+    try:
+        step(job)
+    except InstantIDError as err:
+        job.fail(err)
+    except Exception as err:
+        if doing is None:
+            raise
+        job.fail(_unexpected(err, doing))
 
 
 class InstantIDScript(scripts.Script):
@@ -75,24 +92,10 @@ class InstantIDScript(scripts.Script):
             host.abort_job(p, _unexpected(err, "preparing the generation"))
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        job = run.run_of(p)
-        if job is None:
-            return
-        try:
-            job.on_batch(p)
-        except InstantIDError as err:
-            job.fail(err)
-        except Exception as err:
-            job.fail(_unexpected(err, "setting up the batch"))
+        _job_step(p, lambda job: job.on_batch(p), "setting up the batch")
 
     def before_hr(self, p: Any, *args: Any) -> None:
-        job = run.run_of(p)
-        if job is None:
-            return
-        try:
-            job.enter_hires(p)
-        except InstantIDError as err:
-            job.fail(err)
+        _job_step(p, lambda job: job.enter_hires(p))
 
     def postprocess_image(self, p: Any, pp: Any, *args: Any) -> None:
         job = run.run_of(p)

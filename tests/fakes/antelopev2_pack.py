@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -364,9 +364,10 @@ def build_detector() -> onnx.ModelProto:
     return model
 
 
-def build_recognizer() -> onnx.ModelProto:
-    """The fake ``glintr100.onnx``: pool the aligned crop, then a fixed linear map to 512-d."""
-    weight, bias = recognizer_weights()
+def linear_recognizer(name: str, seed: int = EMBED_SEED, centre: bool = False) -> onnx.ModelProto:
+    """A fake ArcFace model ``name``: pool the aligned crop, with ``centre`` remove its mean, then
+    the fixed linear map of :func:`recognizer_weights` (``seed``) to 512-d."""
+    weight, bias = recognizer_weights(seed)
     n_in = weight.shape[0]
     # Node names must not start with "Sub"/"Mul": insightface would then assume an MXNet
     # model with mean 0 / std 1 instead of (x - 127.5) / 127.5.
@@ -380,12 +381,17 @@ def build_recognizer() -> onnx.ModelProto:
             strides=[EMBED_POOL] * 2,
         ),
         helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
-        helper.make_node("MatMul", ["flat", "weight"], ["projected"], name="project"),
-        helper.make_node("Add", ["projected", "bias"], ["embedding"], name="shift"),
     ]
+    features = "flat"
+    if centre:
+        nodes.append(helper.make_node("ReduceMean", ["flat"], ["mean"], name="average", axes=[1], keepdims=1))
+        nodes.append(helper.make_node("Sub", ["flat", "mean"], ["centred"], name="centre"))
+        features = "centred"
+    nodes.append(helper.make_node("MatMul", [features, "weight"], ["projected"], name="project"))
+    nodes.append(helper.make_node("Add", ["projected", "bias"], ["embedding"], name="shift"))
     graph = helper.make_graph(
         nodes,
-        "fake_glintr100",
+        name,
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 512])],
         initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
@@ -395,6 +401,11 @@ def build_recognizer() -> onnx.ModelProto:
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
+
+
+def build_recognizer() -> onnx.ModelProto:
+    """The fake ``glintr100.onnx``: pool the aligned crop, then a fixed linear map to 512-d."""
+    return linear_recognizer("fake_glintr100")
 
 
 @lru_cache(maxsize=1)
@@ -417,27 +428,28 @@ def pack_dir(root: Path) -> Path:
     return Path(root) / "models" / "antelopev2"
 
 
-def _write_files(folder: Path, files: Iterable[str]) -> None:
+def write_files(
+    folder: Path, files: Iterable[str], models: Mapping[str, Callable[[], bytes]] | None = None
+) -> None:
+    """Writes ``files`` into ``folder``: each named in ``models`` (by default this pack's detector and
+    recognizer) from its bytes, any other as a placeholder the tests never load."""
+    models = {DETECTOR: detector_bytes, RECOGNIZER: recognizer_bytes} if models is None else models
     folder.mkdir(parents=True, exist_ok=True)
     for name in files:
-        if name == DETECTOR:
-            data = detector_bytes()
-        elif name == RECOGNIZER:
-            data = recognizer_bytes()
-        else:
-            data = b"not a real model: never loaded by the extension's tests"
+        model = models.get(name)
+        data = model() if model else b"not a real model: never loaded by the extension's tests"
         (folder / name).write_bytes(data)
 
 
 def write_pack(root: Path, files: Iterable[str] = (DETECTOR, RECOGNIZER)) -> Path:
     """A working pack under ``root``; returns ``root``."""
-    _write_files(pack_dir(root), files)
+    write_files(pack_dir(root), files)
     return Path(root)
 
 
 def make_nested(root: Path) -> Path:
     """The classic unzip mistake: ``models/antelopev2/antelopev2/*.onnx``."""
-    _write_files(pack_dir(root) / "antelopev2", (DETECTOR, RECOGNIZER))
+    write_files(pack_dir(root) / "antelopev2", (DETECTOR, RECOGNIZER))
     return Path(root)
 
 
@@ -456,7 +468,7 @@ def make_zip_only(root: Path) -> Path:
 def make_missing(root: Path, missing: Iterable[str]) -> Path:
     """A pack folder lacking the named files (the optional ones are present)."""
     skip = set(missing)
-    _write_files(pack_dir(root), [n for n in (DETECTOR, RECOGNIZER, *OPTIONAL) if n not in skip])
+    write_files(pack_dir(root), [n for n in (DETECTOR, RECOGNIZER, *OPTIONAL) if n not in skip])
     return Path(root)
 
 

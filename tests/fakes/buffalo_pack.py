@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from tests.fakes import antelopev2_pack as fp
 
@@ -30,34 +29,7 @@ EMBED_SEED = 600_050  # not antelopev2_pack.EMBED_SEED: a different recognizer
 
 def build_recognizer() -> onnx.ModelProto:
     """The fake ``w600k_r50.onnx``: pool the aligned crop, centre it, then a fixed linear map."""
-    weight, bias = fp.recognizer_weights(EMBED_SEED)
-    # Node names must not start with "Sub"/"Mul" (insightface would take it for an MXNet model).
-    nodes = [
-        helper.make_node(
-            "AveragePool",
-            ["input.1"],
-            ["pooled"],
-            name="pool",
-            kernel_shape=[fp.EMBED_POOL] * 2,
-            strides=[fp.EMBED_POOL] * 2,
-        ),
-        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
-        helper.make_node("ReduceMean", ["flat"], ["mean"], name="average", axes=[1], keepdims=1),
-        helper.make_node("Sub", ["flat", "mean"], ["centred"], name="centre"),
-        helper.make_node("MatMul", ["centred", "weight"], ["projected"], name="project"),
-        helper.make_node("Add", ["projected", "bias"], ["embedding"], name="shift"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "fake_w600k_r50",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 512])],
-        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", fp.OPSET)], producer_name="tests")
-    model.ir_version = fp.IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return fp.linear_recognizer("fake_w600k_r50", EMBED_SEED, centre=True)
 
 
 @lru_cache(maxsize=1)
@@ -79,14 +51,5 @@ def pack_dir(root: Path) -> Path:
 
 def write_pack(root: Path, files: Iterable[str] = (DETECTOR, RECOGNIZER)) -> Path:
     """A working buffalo_l pack under ``root`` (next to an antelopev2 one, if any); returns ``root``."""
-    folder = pack_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        if name == DETECTOR:
-            data = fp.detector_bytes()
-        elif name == RECOGNIZER:
-            data = recognizer_bytes()
-        else:
-            data = b"not a real model: never loaded by the extension's tests"
-        (folder / name).write_bytes(data)
+    fp.write_files(pack_dir(root), files, {DETECTOR: fp.detector_bytes, RECOGNIZER: recognizer_bytes})
     return Path(root)

@@ -10,25 +10,20 @@ The 1×1 convolutions keep their random initialisation (trained ones are not zer
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from tests.fakes.sgm_unet import TimestepEmbedSequential, UNetModel
+from tests.fakes.sgm_unet import TimestepEmbedSequential, UNetModel, skip_channels
 
 
 class ControlNet(nn.Module):
-    def __init__(
-        self,
-        widths: tuple[int, int, int] = (32, 32, 64),
-        d_head: int = 16,
-        context_dim: int = 2048,
-        adm_in_channels: int = 2816,
-        depths: tuple[int, int] = (2, 10),
-        hint_channels: int = 3,
-    ) -> None:
+    def __init__(self, hint_channels: int = 3, **layout: Any) -> None:
+        """``layout``: the UNet stand-in's arguments (``widths``, ``d_head``, ``context_dim``, ...)."""
         super().__init__()
-        unet = UNetModel(widths, d_head, context_dim, adm_in_channels, depths)
-        c0, c1, c2 = widths
+        unet = UNetModel(**layout)
+        c0, _, c2 = unet.widths
         self.model_channels = unet.model_channels
         self.time_embed = unet.time_embed
         self.label_emb = unet.label_emb
@@ -55,8 +50,9 @@ class ControlNet(nn.Module):
             nn.SiLU(),
             conv(256, c0),
         )
-        skips = [c0, c0, c0, c0, c1, c1, c1, c2, c2]
-        self.zero_convs = nn.ModuleList(TimestepEmbedSequential(nn.Conv2d(ch, ch, 1)) for ch in skips)
+        self.zero_convs = nn.ModuleList(
+            TimestepEmbedSequential(nn.Conv2d(ch, ch, 1)) for ch in skip_channels(unet.widths)
+        )
         self.middle_block_out = TimestepEmbedSequential(nn.Conv2d(c2, c2, 1))
 
     timestep_embedding = UNetModel.timestep_embedding

@@ -122,6 +122,12 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+def skip_channels(widths: tuple[int, int, int]) -> list[int]:
+    """The channels of the nine input blocks' outputs: the skip connections (and cldm's zero convs)."""
+    c0, c1, c2 = widths
+    return [c0, c0, c0, c0, c1, c1, c1, c2, c2]
+
+
 class UNetModel(nn.Module):
     """SDXL's block structure with small channels (``widths`` per level, 64-wide heads by default)."""
 
@@ -134,6 +140,7 @@ class UNetModel(nn.Module):
         depths: tuple[int, int] = (2, 10),
     ) -> None:
         super().__init__()
+        self.widths = widths
         c0, c1, c2 = widths
         emb_dim = c0 * 4
         self.model_channels = c0
@@ -158,7 +165,7 @@ class UNetModel(nn.Module):
             ]
         )
         self.middle_block = T(ResBlock(c2, c2, emb_dim), st(c2, depths[1]), ResBlock(c2, c2, emb_dim))
-        skips = [c0, c0, c0, c0, c1, c1, c1, c2, c2]
+        skips = skip_channels(widths)
         blocks = []
         ch = c2
         for level, (out_ch, depth) in enumerate(((c2, depths[1]), (c1, depths[0]), (c0, 0))):
@@ -197,3 +204,14 @@ class UNetModel(nn.Module):
 def make_unet(seed: int = 0, **kwargs) -> UNetModel:
     torch.manual_seed(seed)
     return UNetModel(**kwargs).eval().requires_grad_(False)
+
+
+def unet_inputs(batch: int, latent: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random inputs for one call of the stand-in on a ``latent``×``latent`` latent."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "x": torch.randn(batch, 4, latent, latent, generator=g),
+        "timesteps": torch.full((batch,), 500.0),
+        "context": torch.randn(batch, 77, 2048, generator=g),
+        "y": torch.randn(batch, 2816, generator=g),
+    }

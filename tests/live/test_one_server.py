@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.live.client import LIVE, SIZE, STEPS, call, face_photo_b64, generation, png_b64
+from tests.request_args import RequestArgs
 
 pytestmark = LIVE
 SEED = 21
@@ -70,20 +71,10 @@ def assert_unchanged(before: dict[str, str], after_what: str) -> None:
         assert after[tab] == before[tab], f"plain {tab} changed after {after_what}"
 
 
-def face(**fields: Any) -> dict:
-    return {"enabled": True, "images": [face_photo_b64(3)], "likeness": False, **fields}
-
-
-def people(n: int, region: str = "auto", **fields: Any) -> dict:
-    rows = [{"images": [face_photo_b64(31 + i)], "region": region, "control_weight": 0.6} for i in range(n)]
-    return {"enabled": True, "likeness": False, "people": rows, **fields}
-
-
-def overlapping() -> dict:
-    args = people(2, region="box")
-    args["people"][0]["box"] = [0.0, 0.0, 0.6, 1.0]
-    args["people"][1]["box"] = [0.4, 0.0, 1.0, 1.0]
-    return args
+_ARGS = RequestArgs(face_photo_b64)
+face = _ARGS.one_person
+people = _ARGS.people
+overlapping = _ARGS.overlapping
 
 
 def sd15_checkpoint() -> str | None:

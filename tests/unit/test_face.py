@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import builtins
 import logging
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +25,12 @@ from tests.fakes import antelopev2_pack as fp
 CPU = "CPUExecutionProvider"
 BBOX_TOL = 1.0  # px, scale-1 detection: the moments are exact up to float error
 SCORE_TOL = 0.02
+pytestmark = pytest.mark.usefixtures("no_network", "fresh_face_results")
 
 
 @pytest.fixture(scope="session")
 def pack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fp.write_pack(tmp_path_factory.mktemp("insightface"))
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any attempt to reach the network (e.g. an insightface model download) fails the test.
-
-    Attempts are also recorded, because some libraries swallow the error.
-    """
-    attempts: list[object] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        attempts.append(args)
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    storage = sys.modules.get("insightface.utils.storage")  # not imported here: that is the code's job
-    if storage is not None:
-        monkeypatch.setattr(storage, "download_file", refuse)
-    yield
-    assert attempts == [], f"network access attempted: {attempts}"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_results() -> Iterator[None]:
-    """Loaded models may stay cached between tests (fast); analysis results may not."""
-    face_mod._RESULTS.clear()
-    yield
-    face_mod._RESULTS.clear()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from instantid_ext.errors import IncompatibleModelError, InvalidInputError
 from instantid_ext.method.attention import IPAttentionPatch, RowRouter
 from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
-from tests.fakes.sgm_unet import make_unet
+from tests.fakes.sgm_unet import make_unet, unet_inputs
 from tests.fakes.weights import adapter_checkpoint, save_bin
 
 SCALE = 0.8
@@ -120,16 +120,6 @@ def set_oracle_tokens(oracle: nn.Module, tokens: torch.Tensor) -> None:
             module.ip_tokens = tokens
 
 
-def unet_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "x": torch.randn(batch, 4, LATENT, LATENT, generator=g),
-        "timesteps": torch.full((batch,), 500.0),
-        "context": torch.randn(batch, 77, 2048, generator=g),
-        "y": torch.randn(batch, 2816, generator=g),
-    }
-
-
 def call(unet: nn.Module, inputs: dict[str, torch.Tensor], rows: slice | None = None) -> torch.Tensor:
     kw = inputs if rows is None else {k: v[rows] for k, v in inputs.items()}
     with torch.no_grad():
@@ -159,7 +149,7 @@ def test_layer_walk_matches_diffusers_numbering(
 
 def test_cond_and_uncond_rows_match_oracle(unet, oracle_unet, adapter) -> None:
     cond, uncond = face_tokens(adapter)
-    inputs = unet_inputs(4)
+    inputs = unet_inputs(4, LATENT)
     flags = [1, 1, 0, 0]  # the WebUI's layout: cond rows first, then uncond
     want = oracle_rows(oracle_unet, inputs, cond, uncond, flags)
     with IPAttentionPatch(unet, adapter, cond, uncond, scale=SCALE) as patch:
@@ -185,7 +175,7 @@ def test_cond_and_uncond_rows_match_oracle(unet, oracle_unet, adapter) -> None:
 )
 def test_every_batching_mode_picks_the_right_tokens(unet, oracle_unet, adapter, mode, n_cond, calls) -> None:
     n_total = calls[-1].stop
-    inputs = unet_inputs(n_total, seed=3)
+    inputs = unet_inputs(n_total, LATENT, seed=3)
     cond, uncond = face_tokens(adapter)
     flags = [1 if r < n_cond else 0 for r in range(n_total)]
     want = oracle_rows(oracle_unet, inputs, cond, uncond, flags)
@@ -198,7 +188,7 @@ def test_every_batching_mode_picks_the_right_tokens(unet, oracle_unet, adapter, 
 def test_controlnet_marker_routes_rows(unet, oracle_unet, adapter) -> None:
     """Without a layout from the host, ControlNet's ±1024 marker token tells the rows apart."""
     cond, uncond = face_tokens(adapter)
-    inputs = unet_inputs(3, seed=4)
+    inputs = unet_inputs(3, LATENT, seed=4)
     flags = [0, 1, 0]
     want = oracle_rows(oracle_unet, inputs, cond, uncond, flags)
     marked = dict(inputs)
@@ -219,7 +209,7 @@ def test_controlnet_marker_routes_rows(unet, oracle_unet, adapter) -> None:
 
 
 def test_removal_restores_exact_outputs_and_is_idempotent(unet, adapter) -> None:
-    inputs = unet_inputs(2, seed=5)
+    inputs = unet_inputs(2, LATENT, seed=5)
     before = call(unet, inputs)
     cond, uncond = face_tokens(adapter)
     patch = IPAttentionPatch(unet, adapter, cond, uncond)
@@ -231,7 +221,7 @@ def test_removal_restores_exact_outputs_and_is_idempotent(unet, adapter) -> None
 
 
 def test_nothing_leaks_after_an_exception_inside_the_forward_pass(unet, adapter) -> None:
-    inputs = unet_inputs(2, seed=6)
+    inputs = unet_inputs(2, LATENT, seed=6)
     before = call(unet, inputs)
 
     def explode(module, args):
@@ -254,7 +244,7 @@ def test_nothing_leaks_after_an_exception_inside_the_forward_pass(unet, adapter)
 def test_each_patch_removes_only_its_own_hooks(unet, adapter) -> None:
     """Two patches (two jobs) on one UNet: removing one leaves the other working."""
     cond, uncond = face_tokens(adapter)
-    inputs = unet_inputs(2, seed=5)
+    inputs = unet_inputs(2, LATENT, seed=5)
     plain = call(unet, inputs)
     first = IPAttentionPatch(unet, adapter, cond, uncond)
     alone = call(unet, inputs)
@@ -270,7 +260,7 @@ def test_each_patch_removes_only_its_own_hooks(unet, adapter) -> None:
     ("progress", "applied"), [(0.0, False), (0.19, False), (0.2, True), (0.6, True), (0.61, False)]
 )
 def test_step_range(unet, adapter, progress: float, applied: bool) -> None:
-    inputs = unet_inputs(2, seed=7)
+    inputs = unet_inputs(2, LATENT, seed=7)
     plain = call(unet, inputs)
     cond, uncond = face_tokens(adapter)
     with IPAttentionPatch(unet, adapter, cond, uncond, start=0.2, end=0.6) as patch:
@@ -280,7 +270,7 @@ def test_step_range(unet, adapter, progress: float, applied: bool) -> None:
 
 
 def test_zero_scale_is_a_no_op(unet, adapter) -> None:
-    inputs = unet_inputs(2, seed=8)
+    inputs = unet_inputs(2, LATENT, seed=8)
     cond, uncond = face_tokens(adapter)
     with IPAttentionPatch(unet, adapter, cond, uncond, scale=0.0):
         got = call(unet, inputs)
@@ -321,7 +311,7 @@ def test_region_mask_matches_reference_formula(unet, adapter) -> None:
     def grab(module, args, kwargs, output):
         captured["x"], captured["context"], captured["out"] = args[0], kwargs["context"], output
 
-    inputs = unet_inputs(1, seed=9)
+    inputs = unet_inputs(1, LATENT, seed=9)
     with IPAttentionPatch(unet, adapter, cond, uncond, scale=SCALE, mask=mask) as patch:
         patch.router.begin_step(n_cond=1, n_total=1)
         handle = layer.module.register_forward_hook(grab, with_kwargs=True)
@@ -352,7 +342,7 @@ def test_region_mask_matches_reference_formula(unet, adapter) -> None:
 
 def test_bfloat16_within_tolerance(unet, oracle_unet, adapter) -> None:
     cond, uncond = face_tokens(adapter)
-    inputs = unet_inputs(2, seed=10)
+    inputs = unet_inputs(2, LATENT, seed=10)
     want = oracle_rows(oracle_unet, inputs, cond, uncond, [1, 0])
     low = copy.deepcopy(unet).to(torch.bfloat16)
     with IPAttentionPatch(low, adapter, cond, uncond, scale=SCALE) as patch:
@@ -439,7 +429,7 @@ def test_the_face_term_goes_through_the_output_projection_as_it_runs(
     """With a LoRA on the output projections, the face attention passes through each projection
     as the layer runs it; the same as the UNet with the LoRA merged beforehand."""
     cond, uncond = face_tokens(adapter)
-    inputs = unet_inputs(2, seed=12)
+    inputs = unet_inputs(2, LATENT, seed=12)
     reference = copy.deepcopy(unet)
     with torch.no_grad():
         for linear, delta in lora_deltas(reference).items():

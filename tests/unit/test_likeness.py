@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from tests.fakes import antelopev2_pack as fp
 from tests.fakes import buffalo_pack as bp
 
 COS_TOL = 1e-5  # float32 ONNX vs float64 numpy, on 512-d vectors
+pytestmark = pytest.mark.usefixtures("no_network", "fresh_face_results")
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +38,6 @@ def both_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("insightface-both")
     fp.write_pack(root)
     return bp.write_pack(root)
-
-
-@pytest.fixture(autouse=True)
-def _offline_and_fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No network (insightface must never download a pack); no cached results across tests."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    face_mod._RESULTS.clear()
-    yield
-    face_mod._RESULTS.clear()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from instantid_ext.method.identitynet_regions import (
 from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_controlnet import make_controlnet
-from tests.fakes.sgm_unet import make_unet
+from tests.fakes.sgm_unet import make_unet, unet_inputs
 from tests.fakes.weights import adapter_checkpoint, save_bin
 
 LATENT = 16
@@ -63,16 +63,6 @@ def region_masks(count: int) -> torch.Tensor:
 def tokens(adapter: IPAdapter, seed: int) -> torch.Tensor:
     emb = torch.randn(512, generator=torch.Generator().manual_seed(seed)) * 20
     return adapter.face_tokens(emb)
-
-
-def unet_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "x": torch.randn(batch, 4, LATENT, LATENT, generator=g),
-        "timesteps": torch.full((batch,), 500.0),
-        "context": torch.randn(batch, 77, 2048, generator=g),
-        "y": torch.randn(batch, 2816, generator=g),
-    }
 
 
 def call_unet(unet: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -139,7 +129,7 @@ def make_identities(adapter: IPAdapter, count: int, seeds=(11, 12, 13, 14)) -> l
 def test_single_identity_through_new_class_equals_the_existing_path(unet, adapter, with_mask) -> None:
     cond, uncond = tokens(adapter, 11), adapter.uncond_tokens()
     mask = region_masks(1)[0] if with_mask else None
-    inputs = unet_inputs(3, seed=1)
+    inputs = unet_inputs(3, LATENT, seed=1)
     with IPAttentionPatch(unet, adapter, cond, uncond, scale=0.7, mask=mask) as patch:
         patch.router.begin_step(n_cond=2, n_total=3)
         old = call_unet(unet, inputs)
@@ -153,7 +143,7 @@ def test_single_identity_through_new_class_equals_the_existing_path(unet, adapte
 def test_every_layer_matches_the_float64_per_region_oracle(unet, adapter, count) -> None:
     identities = make_identities(adapter, count)
     layers = sdxl_attn2_layers(unet)
-    inputs = unet_inputs(4, seed=2)
+    inputs = unet_inputs(4, LATENT, seed=2)
     flags = [1, 1, 0, 0]
     with MultiIPAttentionPatch(unet, adapter, identities) as patch:
         patch.router.begin_step(n_cond=2, n_total=4)
@@ -201,7 +191,7 @@ class OracleMultiAttn2(nn.Module):
 
 def test_whole_unet_matches_the_oracle_unet(unet, adapter) -> None:
     identities = make_identities(adapter, 3)
-    inputs = unet_inputs(2, seed=3)
+    inputs = unet_inputs(2, LATENT, seed=3)
     flags = [1, 0]
     rows = torch.stack(
         [torch.stack([(i.cond if f else i.uncond).reshape(16, 2048) for i in identities]) for f in flags]
@@ -244,7 +234,7 @@ def test_tokens_do_not_leak_across_regions_in_any_unet_layer(unet, adapter) -> N
     a, b = make_identities(adapter, 2)
     b_other = IPIdentity(tokens(adapter, 99), b.uncond, b.scale, b.mask)
     layers = sdxl_attn2_layers(unet)
-    inputs = unet_inputs(2, seed=4)
+    inputs = unet_inputs(2, LATENT, seed=4)
     seen = capture_attn2_inputs(unet, [layer.module for layer in layers], lambda: call_unet(unet, inputs))
     masks = torch.stack([a.mask, b.mask])
 
@@ -293,7 +283,7 @@ def test_zero_weight_identity_leaves_its_region_to_the_prompt(unet, adapter) -> 
     a, b = make_identities(adapter, 2)
     silent = IPIdentity(b.cond, b.uncond, 0.0, b.mask)
     layer = sdxl_attn2_layers(unet)[0]
-    inputs = unet_inputs(1, seed=5)
+    inputs = unet_inputs(1, LATENT, seed=5)
     ((x, text),) = capture_attn2_inputs(unet, [layer.module], lambda: call_unet(unet, inputs)).values()
     with MultiIPAttentionPatch(unet, adapter, [a, silent]) as patch, torch.no_grad():
         patch.router.latent_size = (LATENT, LATENT)
@@ -507,7 +497,7 @@ def test_identity_context_and_strength_checks(adapter) -> None:
 def test_low_precision_within_tolerance(unet, control, adapter) -> None:
     """bfloat16 models: the multi-identity paths stay within the bf16 tolerance of float32."""
     identities = make_identities(adapter, 2)
-    inputs = unet_inputs(2, seed=6)
+    inputs = unet_inputs(2, LATENT, seed=6)
     with MultiIPAttentionPatch(unet, adapter, identities) as patch:
         patch.router.begin_step(n_cond=1, n_total=2)
         want = call_unet(unet, inputs)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.without_webui import run_without_webui
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The host modules only a host adapter (``instantid_ext/webui``) may import.
@@ -12,19 +12,10 @@ HOSTS = ("modules", "scripts", "modules_forge", "ldm_patched", "backend")
 
 
 def test_core_imports_with_webui_modules_blocked() -> None:
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('modules', 'scripts', 'gradio', 'launch', 'insightface'):\n"
-        "            raise ImportError('blocked: ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+    result = run_without_webui(
         "import instantid_ext, instantid_ext.args, instantid_ext.models.discovery\n"
         "import instantid_ext.faces.identity, instantid_ext.job.conditioning, instantid_ext.job.lifecycle\n"
         "print(sorted(instantid_ext.__all__)[:3])\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
 

@@ -8,10 +8,7 @@ not with the module's rotation matrices.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from dataclasses import FrozenInstanceError
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,8 +38,7 @@ from instantid_ext.method.pose_presets import (
     project_template,
     rotation_matrix,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.without_webui import run_without_webui
 
 # canonical_face_model.obj vertices (cm; x right, y up, z towards the viewer), by index.
 OBJ_VERTICES = {
@@ -570,18 +566,6 @@ def test_preview_is_draw_kps_at_the_output_size() -> None:
 
 
 def test_module_imports_with_the_webui_blocked() -> None:
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('modules', 'scripts', 'gradio', 'launch', 'insightface'):\n"
-        "            raise ImportError('blocked: ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import instantid_ext.method.pose_presets as p\n"
-        "print(p.preset_names())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
-    )
+    result = run_without_webui("import instantid_ext.method.pose_presets as p\nprint(p.preset_names())\n")
     assert result.returncode == 0, result.stderr
     assert "three_quarter_left" in result.stdout

@@ -9,8 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from instantid_ext.args import InstantIDArgs
-from instantid_ext.faces import analysis as face_mod
 from instantid_ext.faces.analysis import FaceAnalyzer
 from instantid_ext.faces.identity import load_identity
 from instantid_ext.job.resources import Locations, Resources
@@ -33,6 +31,7 @@ from instantid_ext.webui import api
 from tests.fakes import antelopev2_pack as fp
 
 BBOX_TOL = 1.0
+pytestmark = pytest.mark.usefixtures("no_network", "fresh_face_results")
 INFO = {
     "version": "0.1.0",
     "webui": "v1.10.1",
@@ -48,20 +47,6 @@ INFO = {
 @pytest.fixture(scope="session")
 def pack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fp.write_pack(tmp_path_factory.mktemp("insightface"))
-
-
-@pytest.fixture(autouse=True)
-def _offline_and_fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No network (insightface must never download), and no face results cached across tests."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    face_mod._RESULTS.clear()
-    yield
-    face_mod._RESULTS.clear()
 
 
 @pytest.fixture

@@ -108,6 +108,17 @@ def sample_spy(p, record: dict) -> None:
     p.sample = sample
 
 
+def run_spied(p) -> tuple[Any, dict, Any]:
+    """Runs ``p`` under :func:`sample_spy`, the hooks raising nothing: the result, the record and
+    the ControlNet params of the one InstantID unit."""
+    record: dict = {}
+    sample_spy(p, record)
+    result = fake_host.run_job(p)
+    assert fake_host.HOOK_ERRORS == []
+    (param,) = record["params"]
+    return result, record, param
+
+
 def hint_array(tensor: torch.Tensor) -> np.ndarray:
     return (tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
@@ -249,11 +260,7 @@ def test_only_masked_inpaint_hint_lies_on_the_masked_face(host, unet, cn, with_i
         width=512,
         height=512,
     )
-    record: dict = {}
-    sample_spy(p, record)
-    result = fake_host.run_job(p)
-    assert fake_host.HOOK_ERRORS == []
-    (param,) = record["params"]
+    result, _, param = run_spied(p)
     hint = hint_array(param.hint_cond)
     assert hint.shape == (512, 512, 3)
     from instantid_ext.webui import services
@@ -280,11 +287,7 @@ def test_hires_with_another_aspect_ratio_crops_the_hint_like_the_webui(
         hr_resize_y=512,
         n_iter=2,
     )
-    record: dict = {}
-    sample_spy(p, record)
-    fake_host.run_job(p)
-    assert fake_host.HOOK_ERRORS == []
-    (param,) = record["params"]
+    _, record, param = run_spied(p)
     first = circle_centres(hint_array(record["first_hints"][0]))
     hires = hint_array(param.hint_cond)  # swapped in before the hires pass
     assert hires.shape == (512, 768, 3)
@@ -352,11 +355,8 @@ def test_identitynet_file_shared_with_the_users_unit(host, unet, cn, with_identi
     cn.global_state.on_disk["my_identitynet [0]"] = str(weights)
     cn.global_state.update_cn_models()
     p = job(host, unet, enabled(control_weight=0.8), cn=cn)
-    record: dict = {}
-    sample_spy(p, record)
-    fake_host.run_job(p)
-    assert fake_host.HOOK_ERRORS == []
-    assert record["params"][0].control_model is cn.Script.model_cache["my_identitynet [0]"].model
+    _, _, param = run_spied(p)
+    assert param.control_model is cn.Script.model_cache["my_identitynet [0]"].model
     assert cn.Script.loads == [str(weights)]
 
 

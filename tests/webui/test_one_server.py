@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.fakes import antelopev2_pack as fp
 from tests.fakes.sgm_controlnet import ControlNet
+from tests.request_args import RequestArgs
 from tests.webui import fake_controlnet
 from tests.webui.fake_server import FakeServer, sd15_model
 
@@ -50,20 +51,10 @@ def face_mask() -> Image.Image:
     return mask
 
 
-def instantid(**fields: Any) -> dict:
-    return {"enabled": True, "images": [photo(3)], "likeness": False, **fields}
-
-
-def people(n: int, region: str = "auto", **fields: Any) -> dict:
-    rows = [{"images": [photo(31 + i)], "region": region, "control_weight": 0.6} for i in range(n)]
-    return {"enabled": True, "likeness": False, "people": rows, **fields}
-
-
-def overlapping() -> dict:
-    args = people(2, region="box")
-    args["people"][0]["box"] = [0.0, 0.0, 0.6, 1.0]
-    args["people"][1]["box"] = [0.4, 0.0, 1.0, 1.0]
-    return args
+_ARGS = RequestArgs(photo)
+instantid = _ARGS.one_person
+people = _ARGS.people
+overlapping = _ARGS.overlapping
 
 
 @pytest.fixture
