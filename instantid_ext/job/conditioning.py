@@ -346,20 +346,28 @@ def uncond_noise_embedding(noise: float, seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FaceTokens:
-    """The Resampler's output for both CFG branches: ``[1, 16, 2048]`` each, float32 on the CPU."""
+    """The Resampler's output for both CFG branches, float32 on the CPU: ``cond`` ``[1, 16, 2048]``;
+    ``uncond`` ``[1, 16, 2048]``, or ``[B, 16, 2048]`` with negative noise drawn per image (one
+    set per image of the batch, in batch order)."""
 
     cond: torch.Tensor
     uncond: torch.Tensor
 
     @classmethod
     def from_embedding(
-        cls, adapter: IPAdapter, embedding: np.ndarray, noise: float = 0.0, seed: int | None = None
+        cls,
+        adapter: IPAdapter,
+        embedding: np.ndarray,
+        noise: float = 0.0,
+        seed: int | Sequence[int] | None = None,
     ) -> FaceTokens:
         """cond = Resampler(embedding); uncond = Resampler(zeros), as the reference's CFG batch.
 
         With ``noise`` > 0, uncond = Resampler(noise · U[0, 1)^512) instead (see
-        :func:`uncond_noise_embedding`), which needs the generation ``seed``. ``noise`` 0 (the
-        default) is exactly the zeros path.
+        :func:`uncond_noise_embedding`), which needs the generation ``seed``: one seed gives
+        ``[1, 16, 2048]``; a sequence of seeds (a batch's, one per image) gives one draw per
+        seed, ``[B, 16, 2048]``, each exactly the tokens that seed gives alone. ``noise`` 0
+        (the default) is exactly the zeros path, ``[1, 16, 2048]`` whatever the seeds.
         """
         value = check_noise(noise)
         cond = adapter.face_tokens(torch.tensor(np.asarray(embedding, dtype=np.float32)))
@@ -369,7 +377,15 @@ class FaceTokens:
             if seed is None:
                 msg = "The negative-embedding noise needs the generation seed; none was given."
                 raise InvalidInputError(msg)
-            uncond = adapter.face_tokens(uncond_noise_embedding(value, seed))
+            seeds = list(seed) if isinstance(seed, list | tuple) else [seed]  # type: ignore[list-item]
+            if not seeds:
+                msg = "The negative-embedding noise needs the generation seed; none was given."
+                raise InvalidInputError(msg)
+            drawn: dict[object, torch.Tensor] = {}
+            for one in seeds:
+                if one not in drawn:  # Resampler one draw at a time: each equals its seed alone
+                    drawn[one] = adapter.face_tokens(uncond_noise_embedding(value, one)).cpu()
+            uncond = torch.cat([drawn[one] for one in seeds])
         return cls(cond=cond.cpu(), uncond=uncond.cpu())
 
 

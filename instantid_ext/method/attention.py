@@ -16,8 +16,10 @@ small matmul for the 16-key scores, a softmax over 16 values, one matmul against
 per head and an addition: two hooks per layer. The query is captured from ``to_q``'s own call
 (a hook on it), so it is not recomputed.
 
-Which rows of a UNet batch are conditional is decided per UNet call by a
-:class:`RowRouter` (a forward pre-hook on the UNet), fed by the host once per denoiser call.
+Which rows of a UNet batch are conditional, and which image of the batch each row belongs to,
+is decided per UNet call by a :class:`RowRouter` (a forward pre-hook on the UNet), fed by the
+host once per denoiser call. The uncond tokens may differ per image (negative noise drawn from
+each image's seed): uncond row j of a call then takes the keys/values of its own image.
 
 Several people (:class:`MultiIPAttentionPatch`): each identity r brings its own 16 tokens,
 weight and region mask. The keys of all identities are stacked (``[heads, d, 16·k]``), so one
@@ -83,12 +85,16 @@ class RowRouter:
         """Long ``[B]`` for the current UNet call (1 = cond)."""
         self.uniform: int | None = None
         """COND or UNCOND when the current call holds only one kind of row."""
+        self.images: tuple[int, ...] = ()
+        """For each row of the current UNet call, the image of the batch it belongs to."""
         self.latent_size: tuple[int, int] | None = None
         self._n_cond: int | None = None
         self._n_total = 0
         self._offset = 0
         self._warned = False
+        self._pattern: tuple[int, ...] = ()
         self._flag_tensors: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+        self._slot_tensors: dict[tuple, torch.Tensor] = {}
 
     def begin_step(self, n_cond: int, n_total: int, progress: float | None = None) -> None:
         """Declare the next denoiser call: ``n_cond`` cond rows first, ``n_total`` rows in all."""
@@ -97,10 +103,13 @@ class RowRouter:
             self.progress = progress
 
     def route(self, batch: int, device: torch.device, context: torch.Tensor | None = None) -> None:
-        """Set :attr:`flags` for a UNet call of ``batch`` rows."""
+        """Set :attr:`flags` and :attr:`images` for a UNet call of ``batch`` rows."""
         pattern: tuple[int, ...] | None = None
+        images: tuple[int, ...] | None = None
         if self._n_cond is not None and self._offset + batch <= self._n_total:
-            pattern = tuple(int(r < self._n_cond) for r in range(self._offset, self._offset + batch))
+            rows = range(self._offset, self._offset + batch)
+            pattern = tuple(int(r < self._n_cond) for r in rows)
+            images = tuple(self._image_of(r) for r in rows)
             self._offset += batch
         if pattern is None:
             marked = cond_flags_from_cn_marker(context)
@@ -110,6 +119,8 @@ class RowRouter:
                 logger.warning("UNet called outside the denoiser's layout; treating its rows as conditional")
                 self._warned = True
             pattern = (COND,) * batch
+        self._pattern = pattern
+        self.images = images if images is not None else images_in_order(pattern)
         self.uniform = pattern[0] if len(set(pattern)) == 1 else None
         # The same few layouts repeat every step: keep their device tensors, copy once.
         key = (pattern, device)
@@ -117,6 +128,34 @@ class RowRouter:
         if flags is None:
             flags = self._flag_tensors[key] = torch.tensor(pattern, dtype=torch.long, device=device)
         self.flags = flags
+
+    def _image_of(self, row: int) -> int:
+        """The image a row of the denoiser's layout belongs to: the uncond rows are the batch's
+        images in order; the cond rows too, or (several prompts per image) spread over them."""
+        n_cond = self._n_cond or 0
+        n_uncond = self._n_total - n_cond
+        if row >= n_cond:
+            return row - n_cond
+        if n_uncond <= 0 or n_uncond == n_cond:
+            return row
+        return row * n_uncond // n_cond
+
+    def images_for(self, batch: int) -> tuple[int, ...] | None:
+        """:attr:`images` when the current UNet call has ``batch`` rows, else None."""
+        return self.images if len(self.images) == batch else None
+
+    def slots(self, count: int, device: torch.device) -> torch.Tensor:
+        """Long ``[B]`` for the current call: which of ``count`` uncond token sets (one per image)
+        each uncond row takes, and ``count`` (the cond set) for a cond row."""
+        key = (self._pattern, self.images, count, device)
+        slots = self._slot_tensors.get(key)
+        if slots is None:
+            values = [
+                count if flag == COND else min(image, count - 1)
+                for flag, image in zip(self._pattern, self.images, strict=True)
+            ]
+            slots = self._slot_tensors[key] = torch.tensor(values, dtype=torch.long, device=device)
+        return slots
 
     def unet_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """``UNetModel.forward(x, timesteps, context, y)`` pre-hook: route this call's rows."""
@@ -128,12 +167,23 @@ class RowRouter:
         self.route(int(x.shape[0]), x.device, context)
 
 
+def images_in_order(pattern: Sequence[int]) -> tuple[int, ...]:
+    """The image of each row when a call holds whole halves of the batch (ControlNet's marker
+    without the denoiser's layout): the cond rows in order, the uncond rows in order."""
+    seen = [0, 0]
+    images = []
+    for flag in pattern:
+        images.append(seen[flag])
+        seen[flag] += 1
+    return tuple(images)
+
+
 @dataclass
 class _LayerCache:
     """Per-layer tensors precomputed once per generation for one (device, dtype)."""
 
-    keys: torch.Tensor  # [2, heads, d, 16·k]: K_ipᵀ/√d for uncond (0) and cond (1), k identities
-    values: torch.Tensor  # [2, heads, 16·k, d]: scale_r · V_ip per head
+    keys: torch.Tensor  # [n+1, heads, d, 16·k]: K_ipᵀ/√d for the n uncond sets, then cond (n), k identities
+    values: torch.Tensor  # [n+1, heads, 16·k, d]: scale_r · V_ip per head
 
 
 @dataclass
@@ -181,10 +231,12 @@ def region_probs(
 class IPIdentity:
     """One person's face tokens and how they apply: weight and (optional) region.
 
-    ``cond``/``uncond`` are ``[16, 2048]`` or ``[1, 16, 2048]`` (Resampler of the embedding
-    and of zeros). ``mask`` is ``[H, W]`` in [0, 1] at any resolution with the output's
-    aspect ratio; with several identities every one needs a mask, and they should not
-    overlap (``instantid_ext.method.regions`` builds and checks them).
+    ``cond`` is ``[16, 2048]`` or ``[1, 16, 2048]`` (Resampler of the embedding); ``uncond``
+    the same (Resampler of zeros, or of one noise draw), or ``[B, 16, 2048]``: one set per image
+    of the batch, in batch order (negative noise drawn from each image's seed). ``mask`` is
+    ``[H, W]`` in [0, 1] at any resolution with the output's aspect ratio; with several
+    identities every one needs a mask, and they should not overlap
+    (``instantid_ext.method.regions`` builds and checks them).
     """
 
     cond: torch.Tensor
@@ -193,10 +245,22 @@ class IPIdentity:
     mask: torch.Tensor | None = None
 
 
-def _check_tokens(name: str, tokens: torch.Tensor) -> None:
-    if tuple(tokens.shape[-2:]) != (NUM_FACE_TOKENS, TOKEN_DIM) or tokens.ndim not in (2, 3):
-        msg = f"{name} must be [16, 2048] face tokens, got {tuple(tokens.shape)}."
+def _check_tokens(name: str, tokens: torch.Tensor, *, per_image: bool = False) -> None:
+    """[16, 2048] or [1, 16, 2048]; with ``per_image`` also [B, 16, 2048]."""
+    shape = tuple(tokens.shape)
+    single = tokens.ndim == 2 or (tokens.ndim == 3 and (per_image or shape[0] == 1))
+    if shape[-2:] != (NUM_FACE_TOKENS, TOKEN_DIM) or not single or shape[0] == 0:
+        what = (
+            "[16, 2048] face tokens (or [B, 16, 2048], one set per image)"
+            if per_image
+            else "[16, 2048] face tokens"
+        )
+        msg = f"{name} must be {what}, got {shape}."
         raise InvalidInputError(msg)
+
+
+def _uncond_sets(identity: IPIdentity) -> int:
+    return int(identity.uncond.shape[0]) if identity.uncond.ndim == 3 else 1
 
 
 def _check_identities(identities: Sequence[IPIdentity]) -> None:
@@ -207,13 +271,17 @@ def _check_identities(identities: Sequence[IPIdentity]) -> None:
     for i, identity in enumerate(identities):
         label = "" if count == 1 else f" of identity {i + 1}"
         _check_tokens(f"cond_tokens{label}", identity.cond)
-        _check_tokens(f"uncond_tokens{label}", identity.uncond)
+        _check_tokens(f"uncond_tokens{label}", identity.uncond, per_image=True)
         if not math.isfinite(float(identity.scale)):
             msg = f"The ID weight{label} must be a finite number, got {identity.scale!r}."
             raise InvalidInputError(msg)
         if identity.mask is not None and identity.mask.ndim != 2:
             msg = f"The region mask{label} must be a 2-D [H, W] map, got shape {tuple(identity.mask.shape)}."
             raise InvalidInputError(msg)
+    sets = {_uncond_sets(identity) for identity in identities} - {1}
+    if len(sets) > 1:
+        msg = f"The identities' uncond tokens are for batches of different sizes ({sorted(sets)})."
+        raise InvalidInputError(msg)
     if count > 1:
         missing = [str(i + 1) for i, identity in enumerate(identities) if identity.mask is None]
         if missing:
@@ -226,6 +294,14 @@ def _check_identities(identities: Sequence[IPIdentity]) -> None:
                 "give them all one size."
             )
             raise InvalidInputError(msg)
+
+
+def _uncond_of(identity: IPIdentity, image: int) -> torch.Tensor:
+    """``[16, 2048]``: the identity's uncond tokens for ``image`` (its only set if it has one)."""
+    uncond = identity.uncond
+    if uncond.ndim == 2:
+        return uncond
+    return uncond[min(image, uncond.shape[0] - 1)]
 
 
 class IPAttentionPatch(HookSet):
@@ -285,13 +361,16 @@ class IPAttentionPatch(HookSet):
             self._masks = torch.stack([m.detach().float() for m in masks if m is not None])
         self._scales = [float(identity.scale) for identity in identities]
         self._enabled = any(s != 0.0 for s in self._scales)
-        # [2, 16·k, 2048]: uncond tokens of every identity, then their cond tokens.
-        self._tokens = torch.stack(
-            [
-                torch.cat([identity.uncond.reshape(-1, TOKEN_DIM) for identity in identities]),
-                torch.cat([identity.cond.reshape(-1, TOKEN_DIM) for identity in identities]),
-            ]
-        )
+        self._uncond_sets = max(_uncond_sets(identity) for identity in identities)
+        """How many uncond token sets: 1 (shared by every uncond row), or one per image."""
+        # [n+1, 16·k, 2048]: the uncond tokens of every identity, one set per image (n = 1: one
+        # set for all), then their cond tokens (set n).
+        sets = [
+            torch.cat([_uncond_of(identity, image) for identity in identities])
+            for image in range(self._uncond_sets)
+        ]
+        sets.append(torch.cat([identity.cond.reshape(-1, TOKEN_DIM) for identity in identities]))
+        self._tokens = torch.stack(sets)
         self._mask_cache: dict[tuple, torch.Tensor] = {}
         self._warned_no_query = False
         self._owns_kv = precomputed is None
@@ -418,8 +497,14 @@ class IPAttentionPatch(HookSet):
     def _select_rows(self, cache: _LayerCache, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         router = self.router
         flags = router.flags
+        sets = self._uncond_sets
+        if sets > 1 and flags is not None and flags.shape[0] == batch and router.uniform != COND:
+            # One uncond set per image: each uncond row takes its own image's keys/values.
+            slots = router.slots(sets, cache.keys.device)
+            return cache.keys.index_select(0, slots), cache.values.index_select(0, slots)
         if router.uniform is not None or flags is None or flags.shape[0] != batch:
             kind = COND if flags is None or flags.shape[0] != batch else router.uniform
+            kind = sets if kind == COND else kind  # the cond set comes after the uncond sets
             return (
                 cache.keys[kind].expand(batch, -1, -1, -1),
                 cache.values[kind].expand(batch, -1, -1, -1),
@@ -430,8 +515,8 @@ class IPAttentionPatch(HookSet):
     def _precompute(self, device: torch.device, dtype: torch.dtype) -> None:
         """Face keys and scaled values of every layer for this generation (float32 math)."""
         with self._lock:
-            tokens = self._tokens.to(device=device, dtype=torch.float32)  # [2, 16·k, 2048]
-            n_tokens = tokens.shape[1]
+            tokens = self._tokens.to(device=device, dtype=torch.float32)  # [n+1, 16·k, 2048]
+            n_sets, n_tokens = tokens.shape[0], tokens.shape[1]
             count = len(self._scales)
             scale: float | torch.Tensor = self._scales[0]
             if count > 1:  # scale_r for each of identity r's 16 tokens
@@ -441,12 +526,12 @@ class IPAttentionPatch(HookSet):
                 self._layers, self.adapter.to_k_ip, self.adapter.to_v_ip, strict=True
             ):
                 heads = hook.heads
-                keys = F.linear(tokens, to_k.weight.to(device=device, dtype=torch.float32))  # [2, 16k, C]
+                keys = F.linear(tokens, to_k.weight.to(device=device, dtype=torch.float32))  # [n+1, 16k, C]
                 vals = F.linear(tokens, to_v.weight.to(device=device, dtype=torch.float32))
                 width = keys.shape[-1]
                 d = width // heads
-                keys = keys.view(2, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
-                vals = vals.view(2, n_tokens, heads, d).transpose(1, 2) * scale  # [2, heads, 16k, d]
+                keys = keys.view(n_sets, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
+                vals = vals.view(n_sets, n_tokens, heads, d).transpose(1, 2) * scale  # [n+1, heads, 16k, d]
                 self._kv[(hook.layer.ip_index, device, dtype)] = _LayerCache(
                     keys=keys.to(dtype).contiguous(), values=vals.to(dtype).contiguous()
                 )

@@ -11,6 +11,7 @@ attention, and the per-region IdentityNet strengths as the residual map.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,9 +126,14 @@ class People:
         return [torch.from_numpy(m) for m in self.passes[name].masks]
 
     def context_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """IdentityNet's context: the people's tokens side by side, ``(1, 16·k, 2048)`` each."""
+        """IdentityNet's context: the people's tokens side by side, ``(1, 16·k, 2048)`` each; with
+        negative noise the uncond half is ``(B, 16·k, 2048)``, one row per image of the batch."""
         cond = identity_context([t.cond for t in self.tokens])
-        return cond, identity_context([t.uncond for t in self.tokens])
+        images = max(int(t.uncond.shape[0]) for t in self.tokens)
+        if images == 1:
+            return cond, identity_context([t.uncond for t in self.tokens])
+        rows = [identity_context([_row(t.uncond, image) for t in self.tokens]) for image in range(images)]
+        return cond, torch.cat(rows)
 
     # -- what a run asks of its people (as of :class:`~.person.OnePerson`) ---------------------
     people_mode = True
@@ -145,10 +151,10 @@ class People:
         layout = self.passes.get(name)
         return None if layout is None else layout.hint
 
-    def renoise(self, adapter: IPAdapter, noise: float, seed: int) -> None:
-        """Each person's uncond tokens from seeded noise."""
+    def renoise(self, adapter: IPAdapter, noise: float, seeds: Sequence[int]) -> None:
+        """Each person's uncond tokens from seeded noise, one draw per image of the batch."""
         self.tokens = [
-            FaceTokens.from_embedding(adapter, c.embedding, noise=noise, seed=seed)
+            FaceTokens.from_embedding(adapter, c.embedding, noise=noise, seed=seeds)
             for c in self.conditionings
         ]
 
@@ -192,6 +198,11 @@ def _pose_faces(
         faces = resources.analyzer().analyze(image, label="the init image")
         return faces, "init_image", image_size(image)
     return None
+
+
+def _row(tokens: torch.Tensor, image: int) -> torch.Tensor:
+    """One image's ``(16, 2048)`` tokens of a ``(B, 16, 2048)`` set (its only row when B is 1)."""
+    return tokens[min(image, int(tokens.shape[0]) - 1)]
 
 
 def warp_mask(mask: np.ndarray, frame: Frame) -> np.ndarray:

@@ -10,7 +10,7 @@ IdentityNet strength as the unit's weight rather than a region map.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,13 +132,14 @@ class OnePerson:
             return self.first_hint
         return None if self.hr_placed is None else self.hr_placed.hint()
 
-    def renoise(self, adapter: IPAdapter, noise: float, seed: int) -> None:
-        """Uncond tokens from seeded noise."""
+    def renoise(self, adapter: IPAdapter, noise: float, seeds: Sequence[int]) -> None:
+        """Uncond tokens from seeded noise, one draw per image of the batch (``seeds`` in batch order)."""
         embedding = self.conditioning.embedding
-        self.tokens = [FaceTokens.from_embedding(adapter, embedding, noise=noise, seed=seed)]
+        self.tokens = [FaceTokens.from_embedding(adapter, embedding, noise=noise, seed=seeds)]
 
     def context_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """IdentityNet's context: the face tokens, ``(1, 16, 2048)`` each."""
+        """IdentityNet's context: the face tokens, cond ``(1, 16, 2048)``, uncond ``(1, 16, 2048)``
+        or, with negative noise, ``(B, 16, 2048)`` (one set per image)."""
         return self.tokens[0].cond, self.tokens[0].uncond
 
     def ip_identities(self, name: str = "first") -> list[IPIdentity]:

@@ -74,7 +74,8 @@ class Run(Job):
         """The canvas the layout was made for in ``before_process`` (:meth:`place_early`)."""
         self.pass_name = "first"
         self.patch: IPAttentionPatch | None = None
-        self.noise_seed: int | None = None
+        self.noise_seeds: tuple[int, ...] | None = None
+        """The seeds the negative noise was drawn from, one per image of the batch."""
         self.regional: Any = None
         """IdentityNet's region hook while sampling: several people's region-bound attention, or
         one person's face-region mask on ControlNet 1.1.444-1.1.445."""
@@ -124,6 +125,7 @@ class Run(Job):
             hint=cast.hint("first"),
             hr_hint=cast.hint("hires"),
             region_mask=cast.unit_mask("first"),
+            images_of=self.router.images_for,
         )
 
     def place_early(self, p: Any) -> None:
@@ -145,13 +147,14 @@ class Run(Job):
         self.cast.forget_layout()
 
     def _noise_tokens(self, p: Any) -> None:
-        """Uncond tokens from seeded noise (the batch's first seed), as the noise option asks."""
-        seed = _batch_seed(p)
-        if seed == self.noise_seed:
+        """Uncond tokens from seeded noise, each image's from its own seed, as the noise option asks:
+        an image of a batch gets the tokens it gets alone with its seed."""
+        seeds = batch_seeds(p)
+        if seeds == self.noise_seeds:
             return
         assert self.adapter is not None and self.cast is not None
-        self.cast.renoise(self.adapter, self.args.noise, seed)
-        self.noise_seed = seed
+        self.cast.renoise(self.adapter, self.args.noise, seeds)
+        self.noise_seeds = seeds
         self.precomputed.clear()  # the uncond keys/values changed
 
     def enter_hires(self, p: Any) -> None:
@@ -269,10 +272,20 @@ class Run(Job):
         return [] if self.cast is None else self.cast.hint_images()
 
 
-def _batch_seed(p: Any) -> int:
-    """The seed of the batch's first image (the negative noise is drawn from it)."""
-    seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
-    return int(seeds[0])
+def batch_seeds(p: Any) -> tuple[int, ...]:
+    """The seeds of the batch's images, in batch order (the negative noise of each is drawn from
+    its own): ``p.seeds``, which the WebUI sets per batch, else this batch's slice of
+    ``p.all_seeds``, else ``p.seed``."""
+    seeds = getattr(p, "seeds", None)
+    if not seeds:
+        every = getattr(p, "all_seeds", None)
+        size = max(int(getattr(p, "batch_size", 1) or 1), 1)
+        if every:
+            start = int(getattr(p, "iteration", 0) or 0) * size
+            seeds = every[start : start + size] or every[:size]
+        else:
+            seeds = [getattr(p, "seed", 0)]
+    return tuple(int(seed) for seed in seeds)
 
 
 def _undo_failed_job(run: Run, p: Any) -> None:

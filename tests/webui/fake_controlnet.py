@@ -615,7 +615,11 @@ def _hook(version: Version, enums: types.ModuleType, image_embed: type) -> types
                     x=x, hint=hint, timesteps=timesteps, context=controlnet_context, y=y
                 )
                 self.residuals.append([param.apply_effective_region_mask(c * param.weight) for c in control])
-            effect = sum((1e-3 * float(r.mean()) for unit in self.residuals for r in unit), 0.0)
+            # Per row, as ControlNet adds each row's residuals to that row only.
+            effect = sum(
+                (1e-3 * r.mean(dim=(1, 2, 3))[:, None, None, None] for unit in self.residuals for r in unit),
+                0.0,
+            )
             return context, effect
 
     return _module(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class FaceContext(ControlNetAccess):
         hint: Any = None,
         hr_hint: Any = None,
         region_mask: Any = None,
+        images_of: Callable[[int], Sequence[int] | None] | None = None,
     ) -> None:
         """Make ControlNet feed IdentityNet the face tokens instead of the prompt, and our hint.
 
@@ -41,6 +42,14 @@ class FaceContext(ControlNetAccess):
         ``(1, 16·k, 2048)``: the Resampler of the face embedding(s) and of zeros. ControlNet then
         computes, per UNet call, ``cond * mark + uncond * (1 - mark)`` with its per-row
         cond/uncond mark, so cond rows see the face and uncond rows the zero-face tokens.
+        ``uncond_tokens`` may also be ``(B, 16·k, 2048)``, one set per image of the batch
+        (negative noise drawn from each image's seed): ControlNet's ``ImageEmbed`` takes one
+        row per row of the UNet call, whose row count changes from call to call (the whole
+        batch, cond and uncond halves, chunks), so a subclass of it picks each row's set when
+        ControlNet evaluates it: ``images_of(rows)`` says which image each row of the current
+        UNet call belongs to (the attention patch's row router knows the denoiser's layout);
+        without it, or when it does not know, the rows of each kind are taken as the batch's
+        images in order, as in a call on the whole batch.
         ``hint``/``hr_hint`` (RGB uint8 at the first-pass and hires canvas) replace the hints
         ControlNet resized from the unit's image. ``region_mask`` (H×W in [0, 1]) scales
         IdentityNet's residuals where ControlNet supports a per-unit mask (1.1.446+); older
@@ -72,7 +81,9 @@ class FaceContext(ControlNetAccess):
                 )
                 raise InvalidInputError(msg)
             param.control_model_type = types.InstantID
-            param.control_context_override = self._hook.ImageEmbed(cond_tokens, uncond_tokens)
+            param.control_context_override = _image_embed(
+                self._hook.ImageEmbed, cond_tokens, uncond_tokens, images_of
+            )
             # xyz grid's "[ControlNet] …" axes rewrite every unit's weight and guidance.
             param.weight = unit.weight
             param.start_guidance_percent = unit.guidance_start
@@ -259,6 +270,54 @@ def _drop_infotext(p: Any, handle: InjectedUnit, index: int) -> None:
 
 def _check_tokens(cond: Any, uncond: Any) -> None:
     shapes = [tuple(getattr(t, "shape", ())) for t in (cond, uncond)]
-    if any(len(s) != 3 or s[0] != 1 for s in shapes) or shapes[0] != shapes[1]:
-        msg = f"The face tokens must be two (1, N, C) tensors of one shape, got {shapes[0]} and {shapes[1]}."
+    if any(len(s) != 3 or s[0] < 1 for s in shapes) or shapes[0][0] != 1 or shapes[0][1:] != shapes[1][1:]:
+        msg = (
+            "The face tokens must be a (1, N, C) cond tensor and a (1, N, C) or (B, N, C) uncond "
+            f"tensor, got {shapes[0]} and {shapes[1]}."
+        )
         raise InvalidInputError(msg)
+
+
+_PER_IMAGE_EMBEDS: dict[type, type] = {}
+
+
+def _image_embed(base: type, cond: Any, uncond: Any, images_of: Any) -> Any:
+    """ControlNet's ``ImageEmbed(cond, uncond)``; with one uncond set per image, a subclass that
+    gives each uncond row of a UNet call its own image's set (:func:`_per_image_embed`)."""
+    if int(uncond.shape[0]) == 1:
+        return base(cond, uncond)
+    embed = _per_image_embed(base)(cond, uncond)
+    embed.images_of = images_of
+    return embed
+
+
+def _per_image_embed(base: type) -> type:
+    """A subclass of ControlNet's ``ImageEmbed`` (a NamedTuple, so ControlNet's ``isinstance``
+    check holds) whose ``eval`` builds, per UNet call, one uncond row per row of the call, then
+    lets ControlNet's own ``eval`` mix cond and uncond by its cond mark."""
+    cached = _PER_IMAGE_EMBEDS.get(base)
+    if cached is not None:
+        return cached
+    import torch
+
+    class PerImageEmbed(base):  # type: ignore[misc, valid-type]
+        images_of: Any = None
+
+        def eval(self, cond_mark: Any) -> Any:
+            rows = int(cond_mark.shape[0])
+            images = None if self.images_of is None else self.images_of(rows)
+            if images is None or len(images) != rows:
+                flags = (cond_mark.reshape(rows, -1)[:, 0] > 0.5).tolist()
+                seen = [0, 0]
+                images = []
+                for flag in flags:
+                    images.append(seen[int(flag)])
+                    seen[int(flag)] += 1
+            uncond = self.uncond_emb
+            last = int(uncond.shape[0]) - 1
+            index = torch.tensor([min(int(i), last) for i in images], dtype=torch.long, device=uncond.device)
+            cond = self.cond_emb.expand(rows, *self.cond_emb.shape[1:])
+            return base(cond, uncond.index_select(0, index)).eval(cond_mark)
+
+    _PER_IMAGE_EMBEDS[base] = PerImageEmbed
+    return PerImageEmbed
