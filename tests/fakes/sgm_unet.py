@@ -10,6 +10,10 @@ and the skip connections. Channels are small so it runs in milliseconds on a CPU
 
 from __future__ import annotations
 
+import contextlib
+import types
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -215,3 +219,22 @@ def unet_inputs(batch: int, latent: int, seed: int = 0) -> dict[str, torch.Tenso
         "context": torch.randn(batch, 77, 2048, generator=g),
         "y": torch.randn(batch, 2816, generator=g),
     }
+
+
+@contextlib.contextmanager
+def controlnet_marked(unet: nn.Module, inputs: dict, marks: list[float]) -> Iterator[dict]:
+    """``inputs`` with ControlNet's cond/uncond marker token in front of each row's context,
+    and ``unet`` stripping it again before its own forward, as ControlNet's hooked forward does."""
+    marked = dict(inputs)
+    rows = torch.tensor(marks)[:, None, None].expand(len(marks), 1, inputs["context"].shape[-1])
+    marked["context"] = torch.cat([rows, inputs["context"]], dim=1)
+    original_forward = unet.forward
+
+    def strip_marker(self, x, timesteps=None, context=None, y=None, **kwargs):
+        return original_forward(x, timesteps=timesteps, context=context[:, 1:], y=y)
+
+    unet.forward = types.MethodType(strip_marker, unet)
+    try:
+        yield marked
+    finally:
+        del unet.forward

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import types
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from instantid_ext.errors import IncompatibleModelError, InvalidInputError
 from instantid_ext.method.attention import IPAttentionPatch, RowRouter
 from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
-from tests.fakes.sgm_unet import make_unet, unet_inputs
+from tests.fakes.sgm_unet import controlnet_marked, make_unet, unet_inputs
 from tests.fakes.weights import adapter_checkpoint, save_bin
 
 SCALE = 0.8
@@ -191,20 +190,11 @@ def test_controlnet_marker_routes_rows(unet, oracle_unet, adapter) -> None:
     inputs = unet_inputs(3, LATENT, seed=4)
     flags = [0, 1, 0]
     want = oracle_rows(oracle_unet, inputs, cond, uncond, flags)
-    marked = dict(inputs)
-    marks = torch.tensor([-1024.0, 1024.0, -1024.0])[:, None, None].expand(3, 1, 2048)
-    marked["context"] = torch.cat([marks, inputs["context"]], dim=1)
-    original_forward = unet.forward
-
-    def strip_marker(self, x, timesteps=None, context=None, y=None, **kwargs):  # like ControlNet's forward
-        return original_forward(x, timesteps=timesteps, context=context[:, 1:], y=y)
-
-    unet.forward = types.MethodType(strip_marker, unet)
-    try:
-        with IPAttentionPatch(unet, adapter, cond, uncond, scale=SCALE):
-            got = call(unet, marked)
-    finally:
-        del unet.forward
+    with (
+        controlnet_marked(unet, inputs, [-1024.0, 1024.0, -1024.0]) as marked,
+        IPAttentionPatch(unet, adapter, cond, uncond, scale=SCALE),
+    ):
+        got = call(unet, marked)
     assert (got - want).abs().max() <= 1e-5
 
 

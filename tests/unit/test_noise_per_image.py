@@ -7,8 +7,6 @@ batching mode of the WebUI's denoiser; the tokens of a batch against those of ea
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -18,9 +16,17 @@ from instantid_ext.job.conditioning import FaceTokens
 from instantid_ext.method.attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch, RowRouter
 from instantid_ext.method.ip_adapter import IPAdapter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
+from tests.fakes.sgm_unet import controlnet_marked
+from tests.fakes.sgm_unet import unet_inputs as sgm_unet_inputs
 from tests.unit import test_ip_attention as ip
-from tests.unit.test_ip_attention import SCALE, call, set_oracle_tokens, unet_inputs
+from tests.unit.test_ip_attention import LATENT, SCALE, call, set_oracle_tokens
 from tests.unit.test_multi_identity import capture_attn2_inputs, ref_unet_layer, region_masks
+
+
+def unet_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The oracle tests' inputs, on their latent size."""
+    return sgm_unet_inputs(batch, LATENT, seed=seed)
+
 
 # The UNet, adapter and diffusers oracle of the single-person tests.
 unet, checkpoint, adapter = ip.unet, ip.checkpoint, ip.adapter
@@ -104,20 +110,11 @@ def test_controlnet_marker_alone_numbers_the_uncond_rows_in_order(unet, oracle_u
     layout = [(1, 0), (1, 1), (0, 0), (0, 1)]
     set_oracle_tokens(oracle_unet, rows_tokens(tokens.cond, tokens.uncond, layout))
     want = call(oracle_unet, inputs)
-    marked = dict(inputs)
-    marks = torch.tensor([1024.0, 1024.0, -1024.0, -1024.0])[:, None, None].expand(4, 1, 2048)
-    marked["context"] = torch.cat([marks, inputs["context"]], dim=1)
-    original_forward = unet.forward
-
-    def strip_marker(self, x, timesteps=None, context=None, y=None, **kwargs):  # like ControlNet's forward
-        return original_forward(x, timesteps=timesteps, context=context[:, 1:], y=y)
-
-    unet.forward = types.MethodType(strip_marker, unet)
-    try:
-        with IPAttentionPatch(unet, adapter, tokens.cond, tokens.uncond, scale=SCALE):
-            got = call(unet, marked)
-    finally:
-        del unet.forward
+    with (
+        controlnet_marked(unet, inputs, [1024.0, 1024.0, -1024.0, -1024.0]) as marked,
+        IPAttentionPatch(unet, adapter, tokens.cond, tokens.uncond, scale=SCALE),
+    ):
+        got = call(unet, marked)
     assert (got - want).abs().max() <= 1e-5
 
 

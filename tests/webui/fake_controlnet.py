@@ -1270,6 +1270,19 @@ def install(monkeypatch: Any, version: Version = (1, 1, 455)) -> FakeControlNet:
     return fake
 
 
+def install_with_network(monkeypatch: Any, network: Any) -> FakeControlNet:
+    """:func:`install`, with every unit's model built around ``network`` (a small IdentityNet of
+    the real layer structure, so that hooks on its layers run); ``fake.network`` is it."""
+    fake = install(monkeypatch)
+
+    def build_model(p: Any, unet: Any, model: Any) -> ControlModel:
+        return ControlModel(network, fake.hook.ControlModelType.ControlNet)
+
+    monkeypatch.setattr(fake.Script, "build_control_model", staticmethod(build_model))
+    fake.network = network
+    return fake
+
+
 def uninstall(monkeypatch: Any) -> None:
     """No ControlNet at all (as when the extension is not installed)."""
     for name in MODULE_NAMES:

@@ -131,14 +131,7 @@ def test_batches_of_one_job_each_draw_from_their_own_seeds(
 @pytest.fixture
 def people_cn(monkeypatch, host, with_identitynet) -> fake_controlnet.FakeControlNet:
     """ControlNet with a small IdentityNet of the real layer structure (its region hooks run)."""
-    fake = fake_controlnet.install(monkeypatch)
-    network = ControlNet().eval()
-
-    def build(p, unet, model):
-        return fake_controlnet.ControlModel(network, fake.hook.ControlModelType.ControlNet)
-
-    monkeypatch.setattr(fake.Script, "build_control_model", staticmethod(build))
-    return fake
+    return fake_controlnet.install_with_network(monkeypatch, ControlNet().eval())
 
 
 def test_several_people_an_image_of_a_batch_equals_that_image_made_alone(

@@ -30,15 +30,7 @@ def photo(ident: int) -> Image.Image:
 
 @pytest.fixture
 def cn(monkeypatch, host, with_identitynet) -> fake_controlnet.FakeControlNet:
-    fake = fake_controlnet.install(monkeypatch)
-    network = ControlNet().eval()
-
-    def build(p, unet, model):
-        return fake_controlnet.ControlModel(network, fake.hook.ControlModelType.ControlNet)
-
-    monkeypatch.setattr(fake.Script, "build_control_model", staticmethod(build))
-    fake.network = network
-    return fake
+    return fake_controlnet.install_with_network(monkeypatch, ControlNet().eval())
 
 
 def job(host, unet, cn, args: dict, **kwargs: Any) -> fake_host.Processing:

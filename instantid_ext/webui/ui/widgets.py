@@ -45,16 +45,9 @@ def field_slider(
     offers a value the API would refuse."""
     bounds = field_range(model, name)
     value = default_value(name) if model is InstantIDArgs else model.__fields__[name].get_default()
-    extra = {} if info is None else {"info": info}
+    extra = {"min_width": min_width} if info is None else {"min_width": min_width, "info": info}
     return gr.Slider(
-        minimum=bounds.low,
-        maximum=bounds.high,
-        step=step,
-        value=value,
-        label=label,
-        min_width=min_width,
-        elem_id=elem_id,
-        **extra,
+        minimum=bounds.low, maximum=bounds.high, step=step, value=value, label=label, elem_id=elem_id, **extra
     )
 
 
