@@ -20,10 +20,11 @@ from .errors import (
 try:
     from .faces.analysis import Face, FaceAnalyzer, choose_face, mean_embedding
     from .faces.identity import Identity, IdentityStore, load_identity, save_identity
-    from .method.attention import IPAttentionPatch, RowRouter
+    from .method.attention import IPAttentionPatch
     from .method.ip_adapter import IPAdapter, load_ip_adapter
     from .method.keypoints import draw_kps, kps_image_for_output, map_points
     from .method.resampler import Resampler
+    from .method.rows import RowRouter
 except ImportError as _missing:  # torch, numpy or OpenCV is missing: `python -m instantid_ext doctor` says so
     _IMPORT_ERROR: ImportError | None = _missing
 else:

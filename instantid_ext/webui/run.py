@@ -38,8 +38,9 @@ from ..job.conditioning import (
 )
 from ..job.lifecycle import Job
 from ..job.resources import Resources
-from ..method.attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV, RowRouter
+from ..method.attention import IPAttentionPatch, MultiIPAttentionPatch, PrecomputedKV
 from ..method.ip_adapter import IPAdapter
+from ..method.rows import RowRouter
 from ..models.discovery import ModelFile, short_hash
 from . import face_pass, frames, host, scoring
 from .controlnet import ControlNetBridge, finish_failed_job, forget_marked_prompts

@@ -12,8 +12,9 @@ from diffusers.models.attention_processor import Attention, IPAdapterAttnProcess
 from torch import nn
 
 from instantid_ext.errors import IncompatibleModelError, InvalidInputError
-from instantid_ext.method.attention import IPAttentionPatch, RowRouter
+from instantid_ext.method.attention import IPAttentionPatch
 from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
+from instantid_ext.method.rows import RowRouter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_unet import controlnet_marked, make_unet, unet_inputs
 from tests.fakes.weights import adapter_checkpoint, save_bin

@@ -13,8 +13,9 @@ import torch
 
 from instantid_ext.errors import InvalidInputError
 from instantid_ext.job.conditioning import FaceTokens
-from instantid_ext.method.attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch, RowRouter
+from instantid_ext.method.attention import IPAttentionPatch, IPIdentity, MultiIPAttentionPatch
 from instantid_ext.method.ip_adapter import IPAdapter
+from instantid_ext.method.rows import RowRouter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_unet import controlnet_marked
 from tests.fakes.sgm_unet import unet_inputs as sgm_unet_inputs
