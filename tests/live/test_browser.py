@@ -207,11 +207,13 @@ def test_img2img_panel_previews_the_face(page: Any, tmp_path: Path) -> None:
     assert not page.locator(el("img2img", "preview_faces")).is_visible()  # no blank box yet
     page.locator(el("img2img", "preview")).click()
     page.wait_for_selector(f"{el('img2img', 'preview_faces')} img", timeout=RUN_TIMEOUT_MS)
-    assert "face" in page.locator(el("img2img", "preview_message")).inner_text().lower()
+    assert "face" in page.locator(el("img2img", "preview_message")).first.inner_text().lower()
 
 
 def test_png_info_send_to_txt2img_restores_every_instantid_field(page: Any) -> None:
-    """An output's PNG, opened in PNG Info and sent to txt2img, sets InstantID's fields back."""
+    """An output's PNG, opened in PNG Info and sent to txt2img, sets InstantID's fields back:
+    every field that shapes the image (the likeness score and the keypoint output only report,
+    so, like the WebUI's own display options, they are not in the infotext)."""
     fields = {
         "enabled": True,
         "images": [face_photo_b64(3)],
@@ -230,11 +232,13 @@ def test_png_info_send_to_txt2img_restores_every_instantid_field(page: Any) -> N
     png.write_bytes(base64.b64decode(answer["images"][0]))
     page.locator("#tabs button", has_text="PNG Info").first.click()
     upload(page, "#pnginfo_image", str(png))
+    # PNG Info reads the file into its hidden generation-info box; "Send to txt2img" pastes that.
     page.wait_for_function(
-        "() => (document.querySelector('#pnginfo_html_info')?.innerText || '').includes('InstantID')",
+        "() => (document.querySelector('#pnginfo_generation_info textarea')?.value || '')"
+        ".includes('InstantID')",
         timeout=RUN_TIMEOUT_MS,
     )
-    page.locator("#txt2img_tab").first.click()
+    page.locator("#txt2img_tab").first.click()  # the "Send to txt2img" button (WebUI's elem_id)
     page.wait_for_timeout(1500)
     open_panel(page)
     assert checkbox(page).first.is_checked()
@@ -242,7 +246,9 @@ def test_png_info_send_to_txt2img_restores_every_instantid_field(page: Any) -> N
         shown = page.locator(f"{el('txt2img', name)} input[type=number]").first.input_value()
         assert float(shown) == float(value), (name, shown, infotext)
     assert page.locator(f"{el('txt2img', 'face_region_only')} input").first.is_checked()
-    assert page.locator(f"{el('txt2img', 'pose_preset')} input").first.input_value() == "three-quarter left"
+    preset = page.locator(f"{el('txt2img', 'pose_preset')} input").first.input_value()
+    assert preset == "Three-quarter left", preset  # the list shows the preset's label
+    assert page.locator(el("txt2img", "pose_source")).get_by_label("Preset", exact=True).is_checked()
 
 
 def test_saved_identity_select_and_refresh(page: Any) -> None:

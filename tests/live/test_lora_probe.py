@@ -22,6 +22,11 @@ from tests.live.test_neighbours import LORA, face, needs_lora, pixels, scripts, 
 pytestmark = LIVE
 PROBE = "Live probe"
 TOLERANCE = 1e-4
+"""Relative error allowed where the layer computes in float32."""
+LOW_PRECISION_TOLERANCE = 3e-2
+"""Where it computes in bfloat16 (a CPU UNet stored in fp8 runs under bfloat16 autocast): the
+reference is float32, so only bfloat16's rounding separates them, while face attention on the
+weights from before the LoRA merge misses by the LoRA's share (tenths, see "LoRA share")."""
 LORA_LAYER = 37  # output_blocks.1.1.transformer_blocks.3.attn2 (1280 wide, 20 heads)
 PLAIN_LAYER = 5  # input_blocks.7.1.transformer_blocks.1.attn2
 
@@ -43,19 +48,25 @@ def probed(layer: int, **settings: Any) -> tuple[np.ndarray, dict[str, Any]]:
     return pixels(answer)[0], found
 
 
+def tolerance(found: dict[str, Any]) -> float:
+    """The relative error allowed for the dtype the probed layer computed in."""
+    return TOLERANCE if found["compute"] == "float32" else LOW_PRECISION_TOLERANCE
+
+
 def assert_matches(found: dict[str, Any], lora: str) -> None:
     assert found["LoRA"] == lora, found
     assert "cond" in found["rows"].split(","), found
     assert float(found["scale"]) == pytest.approx(0.8), found  # InstantID's default ID weight
-    assert float(found["rel err"]) <= TOLERANCE, found
-    assert float(found["face share"]) > 10 * TOLERANCE, found  # the face term is there to measure
+    assert float(found["rel err"]) <= tolerance(found), found
+    assert float(found["face share"]) > 3 * tolerance(found), found  # the face term is there to measure
     if "as checkpoint" in found:  # a safetensors checkpoint: the weights as they ran, vs the file
         assert found["as checkpoint"] is (lora == "none"), found
 
 
 def test_the_face_attention_with_a_merged_lora_equals_the_unfolded_computation() -> None:
     """With ``<lora:instantid-live-attn2:1>`` the probed layer's output equals the unfolded
-    computation with its merged weights within 1e-4; the repeat gives the same image; and the
+    computation with its merged weights within 1e-4 in float32 (3e-2 where the server computes in
+    bfloat16); the repeat gives the same image; and the
     request without the LoRA afterwards equals the same request made at the start of this test,
     before this test's LoRA requests (not a freshly started server: restarting is slow). Other
     tests may have used the LoRA on this server before; the probe shows that in both requests
@@ -72,7 +83,7 @@ def test_the_face_attention_with_a_merged_lora_equals_the_unfolded_computation()
     # The LoRA moves this layer's output far more than the tolerance: a face term computed with
     # the weights from before the merge would fail.
     assert "LoRA share" in found, found  # needs the Lora extension's weight backup (its default)
-    assert float(found["LoRA share"]) > 10 * TOLERANCE, found
+    assert float(found["LoRA share"]) > 3 * tolerance(found), found
 
     again, found_again = probed(LORA_LAYER, **with_lora)
     assert_matches(found_again, LORA)

@@ -85,6 +85,19 @@ def project_out(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
+def compute_dtype(output: torch.Tensor) -> str:
+    """The dtype the layer computed in: CPU autocast's (the WebUI runs a CPU UNet stored in fp8
+    under bfloat16 autocast), else its output's."""
+    device = output.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return str(torch.get_autocast_dtype(device)).removeprefix("torch.")
+    except TypeError:  # torch before 2.4: per-device functions
+        if device == "cpu" and torch.is_autocast_cpu_enabled():
+            return str(torch.get_autocast_cpu_dtype()).removeprefix("torch.")
+    return str(output.dtype).removeprefix("torch.")
+
+
 def relative(a: torch.Tensor, reference: torch.Tensor) -> float:
     return float((a - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
 
@@ -200,9 +213,10 @@ class Probe:
         self.done = True
         x, context = self.captured
         self.captured = None
+        compute = compute_dtype(output)
         try:
             with torch.no_grad():
-                found = self.compare(module, x, context, output.detach())
+                found = {**self.compare(module, x, context, output.detach()), "compute": compute}
         except Exception as err:  # a probe must never break the generation it watches
             found = {"error": f"{type(err).__name__}: {err}"}
         self.report(found)
