@@ -47,7 +47,9 @@
 #   INSTANTID_LIVE_MODELS_FROM the models folder of a bed built with the same seed (e.g.
 #                             /tmp/instantid-webui/stable-diffusion-webui/models): its random models
 #                             are hard-linked (else copied) instead of written again. The same seed
-#                             gives the same tensors; about 20 GB of disk are saved.
+#                             gives the same tensors; about 20 GB of disk are saved. InstantID's
+#                             ip-adapter.bin is written anew: the A1111 bed's is in torch's legacy
+#                             format, which Forge's ControlNet loader cannot read.
 # Stop the server with Ctrl+C or by killing the run.sh process.
 set -euo pipefail
 
@@ -230,7 +232,7 @@ ln -sfn "$FORGE/configs" "$CONFIGS/configs"
 BED=(env "PYTHONPATH=$REPO:$TOOLS:$SRC/generative-models:$SRC/stablediffusion" "$PY" "$HERE/webui_bed.py")
 if [[ -n ${INSTANTID_LIVE_MODELS_FROM:-} ]]; then
     for rel in Stable-diffusion/sdxl-base-random.safetensors Stable-diffusion/sdxl-refiner-random.safetensors \
-        Stable-diffusion/sd15-random.safetensors instantid/ip-adapter.bin instantid/ip-adapter_sd15.bin \
+        Stable-diffusion/sd15-random.safetensors instantid/ip-adapter_sd15.bin \
         instantid/ControlNetModel/diffusion_pytorch_model.safetensors \
         ControlNet/controlnet-sdxl-canny-random.safetensors ControlNet/controlnet-sdxl-mid-random.safetensors \
         Lora/instantid-live-attn2.safetensors; do

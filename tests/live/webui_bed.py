@@ -27,7 +27,8 @@ Subcommands:
     out as the WebUI's (``repositories/generative-models/configs/inference/``,
     ``configs/v1-inference.yaml``; default: WEBUI_DIR). ``--host forge`` writes the face pack
     where a Forge host's built-in InstantID looks for it (one five-file pack in
-    ``models/insightface``, which this extension reads too) instead of ControlNet's folder.
+    ``models/insightface``, which this extension reads too) instead of ControlNet's folder,
+    and InstantID's adapter in torch's zip format (see ``write_ip_adapter``).
 
 Every value is drawn from a generator seeded by ``--seed`` and the tensor's name, so the same
 seed gives the same bytes.
@@ -397,8 +398,14 @@ def write_checkpoint(webui: Path, path: Path, seed: int, kind: str = "sdxl-base"
 # --------------------------------------------------------------------------------------
 
 
-def write_ip_adapter(webui: Path, path: Path, seed: int) -> Path:
-    """Full-size ``ip-adapter.bin`` (fp16, torch's legacy format that every loader accepts)."""
+def write_ip_adapter(webui: Path, path: Path, seed: int, legacy: bool = True) -> Path:
+    """Full-size ``ip-adapter.bin`` (fp16, torch's legacy format that every loader accepts).
+
+    Forge's ControlNet loader is the exception: behind Forge's own ``torch.load`` wrapper it
+    unpickles with the WebUI's ``modules.safe``, which reads only the zip format, and renames any
+    file it cannot read to ``*.corrupted``. ``legacy=False`` writes the zip format (torch's
+    default, as in the published file) for the Forge beds.
+    """
     import torch
 
     from tests.fakes import weights
@@ -411,7 +418,7 @@ def write_ip_adapter(webui: Path, path: Path, seed: int) -> Path:
     layers = {k: v.half() for k, v in weights.ip_layers_state_dict(hidden, seed=seed + 1).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    torch.save({"image_proj": proj, "ip_adapter": layers}, tmp, _use_new_zipfile_serialization=False)
+    torch.save({"image_proj": proj, "ip_adapter": layers}, tmp, _use_new_zipfile_serialization=not legacy)
     tmp.replace(path)
     return path
 
@@ -524,7 +531,7 @@ def write_models(webui: Path, seed: int, configs: Path | None = None, host: str 
     cn_models = models / "ControlNet"
     steps: list[tuple[Path, Callable[[Path], object]]] = [
         (models / "Stable-diffusion" / CHECKPOINT_NAME, lambda p: write_checkpoint(src, p, seed)),
-        (instantid / "ip-adapter.bin", lambda p: write_ip_adapter(src, p, seed + 10)),
+        (instantid / "ip-adapter.bin", lambda p: write_ip_adapter(src, p, seed + 10, host != "forge")),
         (identitynet, lambda p: write_controlnet(p, seed + 20)),
         (identitynet.with_name("config.json"), lambda p: shutil.copyfile(IDENTITYNET_CONFIG, p)),
         (instantid / "ip-adapter_sd15.bin", lambda p: write_sd15_ip_adapter(p, seed + 60)),
