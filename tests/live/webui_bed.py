@@ -2,7 +2,9 @@
 
 ``setup_webui.sh`` runs this with the WebUI's own Python (``PYTHONPATH`` = this repository,
 a folder holding diffusers and the WebUI's ``repositories/generative-models`` and
-``repositories/stable-diffusion-stability-ai``). Subcommands:
+``repositories/stable-diffusion-stability-ai``); ``setup_forge_classic.sh`` does the same for
+Forge Classic, with those two repositories cloned beside it (``--configs``, ``--host forge``).
+Subcommands:
 
 ``hf-cache HF_HOME``
     CLIP-L's tokenizer and config in the Hugging Face cache layout. The WebUI builds its SDXL
@@ -12,7 +14,7 @@ a folder holding diffusers and the WebUI's ``repositories/generative-models`` an
 ``webui-config WEBUI_DIR CHECKPOINT``
     Merges the few settings the live suite needs into ``config.json`` (no live previews, which
     would download a decoder; the generated checkpoint selected; nothing saved to disk).
-``models WEBUI_DIR [--seed N]``
+``models WEBUI_DIR [--seed N] [--configs DIR] [--host a1111|forge]``
     Random-weight models with the real architectures and key layouts: an SDXL base checkpoint
     built from sgm's ``sd_xl_base.yaml`` (fp16 safetensors), InstantID's ``ip-adapter.bin``
     (full-size Resampler + 70 ``to_k_ip``/``to_v_ip``), IdentityNet (diffusers ControlNetModel
@@ -21,7 +23,12 @@ a folder holding diffusers and the WebUI's ``repositories/generative-models`` an
     names (hard links), the generated antelopev2 pack in both places insightface looks, and an
     SDXL refiner and an SD 1.5 checkpoint (which InstantID refuses) for the checkpoint tests.
     Large files are written tensor by tensor, so memory stays near the largest tensor.
-    Files that exist are kept.
+    Files that exist are kept. ``--configs`` is the folder the model configs are read from, laid
+    out as the WebUI's (``repositories/generative-models/configs/inference/``,
+    ``configs/v1-inference.yaml``; default: WEBUI_DIR). ``--host forge`` writes the face pack
+    where a Forge host's built-in InstantID looks for it (one five-file pack in
+    ``models/insightface``, which this extension reads too) instead of ControlNet's folder,
+    and InstantID's adapter in torch's zip format (see ``write_ip_adapter``).
 
 Every value is drawn from a generator seeded by ``--seed`` and the tensor's name, so the same
 seed gives the same bytes.
@@ -391,8 +398,14 @@ def write_checkpoint(webui: Path, path: Path, seed: int, kind: str = "sdxl-base"
 # --------------------------------------------------------------------------------------
 
 
-def write_ip_adapter(webui: Path, path: Path, seed: int) -> Path:
-    """Full-size ``ip-adapter.bin`` (fp16, torch's legacy format that every loader accepts)."""
+def write_ip_adapter(webui: Path, path: Path, seed: int, legacy: bool = True) -> Path:
+    """Full-size ``ip-adapter.bin`` (fp16, torch's legacy format that every loader accepts).
+
+    Forge's ControlNet loader is the exception: behind Forge's own ``torch.load`` wrapper it
+    unpickles with the WebUI's ``modules.safe``, which reads only the zip format, and renames any
+    file it cannot read to ``*.corrupted``. ``legacy=False`` writes the zip format (torch's
+    default, as in the published file) for the Forge beds.
+    """
     import torch
 
     from tests.fakes import weights
@@ -405,7 +418,7 @@ def write_ip_adapter(webui: Path, path: Path, seed: int) -> Path:
     layers = {k: v.half() for k, v in weights.ip_layers_state_dict(hidden, seed=seed + 1).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    torch.save({"image_proj": proj, "ip_adapter": layers}, tmp, _use_new_zipfile_serialization=False)
+    torch.save({"image_proj": proj, "ip_adapter": layers}, tmp, _use_new_zipfile_serialization=not legacy)
     tmp.replace(path)
     return path
 
@@ -505,15 +518,20 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def write_models(webui: Path, seed: int) -> list[Path]:
-    """Every model file the live suite and the memory comparisons use; existing files are kept."""
+def write_models(webui: Path, seed: int, configs: Path | None = None, host: str = "a1111") -> list[Path]:
+    """Every model file the live suite and the memory comparisons use; existing files are kept.
+
+    ``configs``: the folder holding the model configs (default ``webui``); ``host``: ``a1111`` or
+    ``forge`` (where the face packs go, see ``write_face_packs``).
+    """
+    src = webui if configs is None else configs
     models = webui / "models"
     instantid = models / "instantid"
     identitynet = instantid / "ControlNetModel" / "diffusion_pytorch_model.safetensors"
     cn_models = models / "ControlNet"
     steps: list[tuple[Path, Callable[[Path], object]]] = [
-        (models / "Stable-diffusion" / CHECKPOINT_NAME, lambda p: write_checkpoint(webui, p, seed)),
-        (instantid / "ip-adapter.bin", lambda p: write_ip_adapter(webui, p, seed + 10)),
+        (models / "Stable-diffusion" / CHECKPOINT_NAME, lambda p: write_checkpoint(src, p, seed)),
+        (instantid / "ip-adapter.bin", lambda p: write_ip_adapter(src, p, seed + 10, host != "forge")),
         (identitynet, lambda p: write_controlnet(p, seed + 20)),
         (identitynet.with_name("config.json"), lambda p: shutil.copyfile(IDENTITYNET_CONFIG, p)),
         (instantid / "ip-adapter_sd15.bin", lambda p: write_sd15_ip_adapter(p, seed + 60)),
@@ -523,7 +541,7 @@ def write_models(webui: Path, seed: int) -> list[Path]:
             cn_models / "controlnet-sdxl-mid-random.safetensors",
             lambda p: write_controlnet(p, seed + 70, [0, 0, 1]),
         ),
-        (models / "Lora" / f"{LORA_NAME}.safetensors", lambda p: write_lora(webui, p, seed + 80)),
+        (models / "Lora" / f"{LORA_NAME}.safetensors", lambda p: write_lora(src, p, seed + 80)),
         (
             cn_models / "ip-adapter_instant_id_sdxl.bin",
             lambda p: link_or_copy(instantid / "ip-adapter.bin", p),
@@ -532,11 +550,11 @@ def write_models(webui: Path, seed: int) -> list[Path]:
         # Checkpoints the extension must refuse, for the checkpoint-switching tests.
         (
             models / "Stable-diffusion" / "sdxl-refiner-random.safetensors",
-            lambda p: write_checkpoint(webui, p, seed + 40, "sdxl-refiner"),
+            lambda p: write_checkpoint(src, p, seed + 40, "sdxl-refiner"),
         ),
         (
             models / "Stable-diffusion" / "sd15-random.safetensors",
-            lambda p: write_checkpoint(webui, p, seed + 50, "sd15"),
+            lambda p: write_checkpoint(src, p, seed + 50, "sd15"),
         ),
     ]
     done = []
@@ -547,7 +565,7 @@ def write_models(webui: Path, seed: int) -> list[Path]:
             log.info("writing %s", path)
             build(path)
         done.append(path)
-    done += write_face_packs(webui)
+    done += write_face_packs(webui, host)
     return done
 
 
@@ -589,18 +607,24 @@ def optional_face_model_bytes(name: str, seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
-def write_face_packs(webui: Path) -> list[Path]:
+def write_face_packs(webui: Path, host: str = "a1111") -> list[Path]:
     """The generated antelopev2 pack where this extension and where ControlNet look for it.
 
     This extension's copy holds the two models it needs (detector, recognizer); ControlNet's
-    holds all five file names, as ControlNet requires.
+    holds all five file names, as ControlNet requires. On a Forge host (``host="forge"``) the
+    built-in InstantID reads ``models/insightface`` too (and fetches any of the five files that
+    is missing): one pack there with all five.
     """
     from tests.fakes import antelopev2_pack
 
     ours = webui / "models" / "insightface"
-    controlnets = webui / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads" / "insightface"
+    if host == "forge":
+        places = [(ours, tuple(OPTIONAL_FACE_MODELS))]
+    else:
+        controlnets = webui / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads" / "insightface"
+        places = [(ours, ()), (controlnets, tuple(OPTIONAL_FACE_MODELS))]
     packs = []
-    for root, extra in ((ours, ()), (controlnets, tuple(OPTIONAL_FACE_MODELS))):
+    for root, extra in places:
         pack = antelopev2_pack.pack_dir(root)
         if all((pack / name).exists() for name in (antelopev2_pack.DETECTOR, antelopev2_pack.RECOGNIZER)):
             log.info("kept %s", pack)
@@ -629,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("models")
     p.add_argument("webui", type=Path)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--configs", type=Path, default=None, help="folder holding the model configs")
+    p.add_argument("--host", choices=("a1111", "forge"), default="a1111")
     args = parser.parse_args(argv)
 
     if args.command == "hf-cache":
@@ -636,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "webui-config":
         log.info("settings in %s", write_webui_config(args.webui, args.checkpoint))
     else:
-        for path in write_models(args.webui, args.seed):
+        for path in write_models(args.webui, args.seed, args.configs, args.host):
             log.info("ready %s", path)
     return 0
 

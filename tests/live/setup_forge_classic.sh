@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Build a real Forge Classic (Haoming02/sd-webui-forge-classic, branch classic, commit 5136ce20) with
+# this extension, running on the CPU without network access at run time: the Forge counterpart of
+# setup_webui.sh, with the same random-weight models.
+#
+#   tests/live/setup_forge_classic.sh [TARGET]  # default TARGET: /tmp/instantid-forge-classic
+#   TARGET/run.sh                               # start the server (port 7860; PORT=... to change)
+#   TARGET/wait.sh                              # wait until /instantid/v1/version answers
+#   SD_WEBUI_URL=http://127.0.0.1:7860 python -m pytest -q tests/live
+#
+# Every step is skipped when its result exists, so re-running is cheap. What it does:
+#  1. clones Forge Classic at a fixed commit into TARGET/sd-webui-forge-classic. Forge Classic
+#     clones nothing at launch (ldm and sgm are vendored); the bed also clones Stability-AI's
+#     generative-models and stablediffusion (the commits setup_webui.sh uses) into TARGET/src, only
+#     to write the random checkpoints from their model definitions, and OpenAI's CLIP, which Forge
+#     Classic pip-installs from an archive of that commit;
+#  2. makes TARGET/venv (Python 3.11, which Forge Classic requires) with Forge Classic's
+#     requirements.txt, its Gradio and insightface pins (modules/launch_utils.py), what its built-in
+#     legacy preprocessors install (less mediapipe), ONNX Runtime and a torch (see below);
+#  3. links this checkout as extensions/sd-webui-instantid (INSTANTID_LIVE_EXT_MODE=copy copies it),
+#     and the live suite's helper extensions tests/live/painter and tests/live/probe (if present) as
+#     instantid-live-painter and instantid-live-probe;
+#  4. writes the random-weight models of setup_webui.sh (tests/live/webui_bed.py with --host forge:
+#     the face pack goes to models/insightface, where Forge's built-in InstantID also looks), a
+#     local Hugging Face cache for CLIP-L's tokenizer and the settings;
+#  5. writes TARGET/run.sh and TARGET/wait.sh (--always-cpu, the prepared environment kept).
+#
+# Sources: GitHub by default. INSTANTID_LIVE_GIT_URL is a template for every repository's URL, with
+# {owner} and {name} replaced (e.g. '/srv/mirrors/{owner}+{name}.git'); FORGE_CLASSIC_REPO,
+# STABLE_DIFFUSION_REPO, STABLE_DIFFUSION_XL_REPO and CLIP_REPO replace single URLs. The commit is
+# also in forks of Forge Classic (e.g. fajarnnn/sd-webui-reforge-classic): FORGE_CLASSIC_REPO may
+# name one.
+# Other settings (environment variables), all optional:
+#   PYTHON                    a Python 3.11 (default: python3.11, else python3)
+#   INSTANTID_LIVE_TORCH      pip arguments for torch and torchvision (default 'torch==2.8.0
+#                             torchvision==0.23.0': the versions Forge Classic pins, as PyPI builds
+#                             them; they run on the CPU too). The two must be built for each other:
+#                             a CPU torch needs a CPU torchvision from the same index (see
+#                             setup_webui.sh); the script stops with a sentence when they clash.
+#   INSTANTID_LIVE_INSIGHTFACE pip spec of insightface, installed with --no-deps as Forge Classic
+#                             does (default insightface==0.7.3, Forge Classic's pin; it builds with
+#                             a C++ compiler and Cython)
+#   INSTANTID_LIVE_DIFFUSERS  pip spec of the diffusers used to write the IdentityNet files (not
+#                             installed into the server's environment; default diffusers==0.31.0)
+#   INSTANTID_LIVE_SEED       seed of the random-weight models (default 1234)
+#   INSTANTID_LIVE_EXT_MODE   'link' (default) or 'copy': how this checkout goes into extensions/
+#   INSTANTID_LIVE_MODELS_FROM the models folder of a bed built with the same seed (e.g.
+#                             /tmp/instantid-webui/stable-diffusion-webui/models): its random models
+#                             are hard-linked (else copied) instead of written again. The same seed
+#                             gives the same tensors; about 20 GB of disk are saved. InstantID's
+#                             ip-adapter.bin is written anew: the A1111 bed's is in torch's legacy
+#                             format, which Forge's ControlNet loader cannot read.
+# Stop the server with Ctrl+C or by killing the run.sh process.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TARGET=${1:-${INSTANTID_LIVE_DIR:-/tmp/instantid-forge-classic}}
+mkdir -p "$TARGET"
+TARGET=$(cd "$TARGET" && pwd)
+FORGE=$TARGET/sd-webui-forge-classic
+VENV=$TARGET/venv
+SRC=$TARGET/src
+SEED=${INSTANTID_LIVE_SEED:-1234}
+GITHUB_TEMPLATE='https://github.com/{owner}/{name}.git'
+URL_TEMPLATE=${INSTANTID_LIVE_GIT_URL:-$GITHUB_TEMPLATE}
+TORCH_SPEC=${INSTANTID_LIVE_TORCH:-torch==2.8.0 torchvision==0.23.0}
+INSIGHTFACE_SPEC=${INSTANTID_LIVE_INSIGHTFACE:-insightface==0.7.3}
+DIFFUSERS_SPEC=${INSTANTID_LIVE_DIFFUSERS:-diffusers==0.31.0}
+# Forge Classic's Gradio (launch_utils.py prepare_environment).
+GRADIO_SPEC=gradio==3.43.2
+if [[ -z ${PYTHON:-} ]]; then
+    PYTHON=$(command -v python3.11 || command -v python3)
+fi
+
+say() { printf '\n[setup_forge_classic] %s\n' "$*"; }
+
+url_for() {  # url_for OWNER/NAME [OVERRIDE]
+    if [[ -n ${2:-} ]]; then
+        printf '%s' "$2"
+        return
+    fi
+    local owner=${1%%/*} name=${1#*/} url=$URL_TEMPLATE
+    url=${url//\{owner\}/$owner}
+    url=${url//\{name\}/$name}
+    printf '%s' "$url"
+}
+
+checkout() {  # checkout URL COMMIT DEST
+    local url=$1 commit=$2 dest=$3
+    if [[ -d $dest/.git ]] && [[ $(git -C "$dest" rev-parse HEAD 2>/dev/null) == "$commit" ]]; then
+        echo "  kept $dest at ${commit:0:8}"
+    else
+        rm -rf "$dest"
+        mkdir -p "$(dirname "$dest")"
+        echo "  $url @ ${commit:0:8} -> $dest"
+        # A shallow fetch of one commit is quick on GitHub; some servers refuse it: then clone all.
+        if ! { git init -q "$dest" && git -C "$dest" fetch -q --depth 1 "$url" "$commit" 2>/dev/null &&
+            git -C "$dest" checkout -q FETCH_HEAD; }; then
+            rm -rf "$dest"
+            git clone -q --no-checkout "$url" "$dest"
+            git -C "$dest" checkout -q "$commit" || true
+        fi
+        if [[ $(git -C "$dest" rev-parse HEAD) != "$commit" ]]; then
+            echo "could not check out $commit from $url" >&2
+            exit 1
+        fi
+    fi
+    # The host reads each extension's remote and branch.
+    git -C "$dest" remote get-url origin >/dev/null 2>&1 || git -C "$dest" remote add origin "$url"
+    git -C "$dest" symbolic-ref -q HEAD >/dev/null || git -C "$dest" checkout -q -B pinned
+}
+
+# check_torch_pair: torch and torchvision of the venv load together, else one sentence and exit.
+check_torch_pair() {
+    local out
+    if ! out=$("$PY" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)' 2>&1); then
+        echo "torch and torchvision in $VENV do not load together:" >&2
+        echo "$out" | tail -n 1 >&2
+        echo "Pick a matching pair with INSTANTID_LIVE_TORCH (see this script's header), delete" \
+            "$VENV and run the script again." >&2
+        exit 1
+    fi
+    echo "  torch and torchvision: $out"
+}
+
+# ---------------------------------------------------------------------------------------------
+say "1/5 sources in $TARGET"
+checkout "$(url_for Haoming02/sd-webui-forge-classic "${FORGE_CLASSIC_REPO:-}")" \
+    5136ce20e685b9c3752581d029a80434f9523fc5 "$FORGE"
+# Only for writing the random checkpoints (webui_bed.py builds them from these model definitions).
+checkout "$(url_for Stability-AI/generative-models "${STABLE_DIFFUSION_XL_REPO:-}")" \
+    45c443b316737a4ab6e40413d7794a7f5657c19f "$SRC/generative-models"
+checkout "$(url_for Stability-AI/stablediffusion "${STABLE_DIFFUSION_REPO:-}")" \
+    cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf "$SRC/stablediffusion"
+# Forge Classic pip-installs OpenAI's CLIP from a GitHub archive of this commit.
+checkout "$(url_for openai/CLIP "${CLIP_REPO:-}")" \
+    d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$SRC/CLIP"
+
+# ---------------------------------------------------------------------------------------------
+say "2/5 Python environment in $VENV"
+if [[ ! -x $VENV/bin/python ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY=$VENV/bin/python
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "  warning: Forge Classic is made for Python 3.11; $VENV has $("$PY" -V 2>&1)" >&2
+fi
+if [[ ! -f $VENV/.instantid-live-ready ]]; then
+    REQ=$TARGET/requirements-live.txt
+    {
+        echo "# Forge Classic's requirements.txt (torch apart), then what launch_utils.py, its legacy"
+        echo "# preprocessors (install.py) and InstantID install."
+        grep -v -E '^torch\s*$' "$FORGE/requirements.txt"
+        # extensions-builtin/forge_legacy_preprocessors/requirements.txt, less mediapipe (only its
+        # mediapipe_face preprocessor imports it).
+        echo "addict"
+        echo "fvcore"
+        echo "onnx"
+        echo "svglib==1.5.1"  # newer svglib builds pycairo from source
+        echo "yapf"
+        # InstantID (requirements.txt of this repository); insightface comes below, --no-deps.
+        echo "onnxruntime"
+        # insightface 0.7.3's imports (it is installed without its dependencies, as Forge does).
+        echo "easydict"
+        echo "matplotlib"
+        echo "prettytable"
+        echo "scikit-learn"
+        echo "cython"  # builds insightface 0.7.3
+        echo "wheel"   # builds OpenAI CLIP below without fetching build tools
+    } >"$REQ"
+    # In Forge Classic's order: Gradio first, then requirements.txt, whose Pillow==11.2.1 replaces
+    # the Pillow<11 that gradio 3.43.2 asks for (pip warns; the host runs that way).
+    # shellcheck disable=SC2086  # TORCH_SPEC is a list of pip arguments
+    "$PY" -m pip install -q $TORCH_SPEC "$GRADIO_SPEC" packaging==24.2
+    # shellcheck disable=SC2086
+    "$PY" -m pip install -q $TORCH_SPEC -r "$REQ"
+    check_torch_pair
+    "$PY" -m pip install -q --no-deps --no-build-isolation "$SRC/CLIP"
+    "$PY" -m pip install -q --no-deps --no-build-isolation "$INSIGHTFACE_SPEC"
+    "$PY" -c 'import insightface.app, onnxruntime; print("  insightface", insightface.__version__)'
+    "$PY" -m pip check || echo "  (pip check: Forge Classic's own pins disagree; kept as the host has them)"
+    touch "$VENV/.instantid-live-ready"
+else
+    echo "  kept $VENV"
+fi
+# Only for writing the models, in a side folder on PYTHONPATH (not the server's environment):
+# diffusers (IdentityNet), and the open_clip and pytorch_lightning that generative-models' SDXL
+# definitions import (Forge Classic pins open-clip-torch 1.3.0, which has no ViT-bigG-14).
+TOOLS=$TARGET/tools-site
+if [[ ! -f $TOOLS/.instantid-live-ready ]]; then
+    "$PY" -m pip install -q --no-deps --target "$TOOLS" "$DIFFUSERS_SPEC" importlib_metadata zipp \
+        open_clip_torch==2.20.0 pytorch_lightning==2.5.1 ftfy regex sentencepiece
+    touch "$TOOLS/.instantid-live-ready"
+fi
+
+# ---------------------------------------------------------------------------------------------
+say "3/5 extensions"
+# install_ext SOURCE NAME: this checkout (or a folder of it) as extensions/NAME.
+install_ext() {
+    local src=$1 dest=$FORGE/extensions/$2
+    if [[ ${INSTANTID_LIVE_EXT_MODE:-link} == copy ]]; then
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        git -C "$src" ls-files -z . | (cd "$src" && xargs -0 cp --parents -t "$dest")
+        echo "  copied $src -> $dest"
+    else
+        if [[ -e $dest && ! -L $dest ]]; then
+            rm -rf "$dest"
+        fi
+        ln -sfn "$src" "$dest"
+        echo "  linked $dest -> $src"
+    fi
+}
+install_ext "$REPO" sd-webui-instantid
+for helper in painter probe; do
+    if [[ -d $REPO/tests/live/$helper ]]; then
+        install_ext "$REPO/tests/live/$helper" "instantid-live-$helper"
+    fi
+done
+
+# ---------------------------------------------------------------------------------------------
+say "4/5 models, tokenizer cache and settings"
+export HF_HOME=$TARGET/hf-home
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The model configs, laid out as webui_bed.py reads them: generative-models' SDXL configs and
+# Forge Classic's own v1-inference.yaml (the same model as the WebUI's).
+CONFIGS=$SRC/model-configs
+mkdir -p "$CONFIGS/repositories"
+ln -sfn "$SRC/generative-models" "$CONFIGS/repositories/generative-models"
+ln -sfn "$FORGE/configs" "$CONFIGS/configs"
+BED=(env "PYTHONPATH=$REPO:$TOOLS:$SRC/generative-models:$SRC/stablediffusion" "$PY" "$HERE/webui_bed.py")
+if [[ -n ${INSTANTID_LIVE_MODELS_FROM:-} ]]; then
+    for rel in Stable-diffusion/sdxl-base-random.safetensors Stable-diffusion/sdxl-refiner-random.safetensors \
+        Stable-diffusion/sd15-random.safetensors instantid/ip-adapter_sd15.bin \
+        instantid/ControlNetModel/diffusion_pytorch_model.safetensors \
+        ControlNet/controlnet-sdxl-canny-random.safetensors ControlNet/controlnet-sdxl-mid-random.safetensors \
+        Lora/instantid-live-attn2.safetensors; do
+        from=$INSTANTID_LIVE_MODELS_FROM/$rel to=$FORGE/models/$rel
+        if [[ -f $from && ! -e $to ]]; then
+            mkdir -p "$(dirname "$to")"
+            ln "$from" "$to" 2>/dev/null || cp "$from" "$to"
+            echo "  $to from $from"
+        fi
+    done
+fi
+"${BED[@]}" hf-cache "$HF_HOME"
+"${BED[@]}" models "$FORGE" --seed "$SEED" --configs "$CONFIGS" --host forge
+"${BED[@]}" webui-config "$FORGE"
+
+# ---------------------------------------------------------------------------------------------
+say "5/5 run.sh and wait.sh in $TARGET"
+cat >"$TARGET/run.sh" <<EOF
+#!/usr/bin/env bash
+# Start Forge Classic on the CPU, offline, with the API (PORT, default 7860). Extra arguments are
+# passed to it (e.g. --api-auth user:pass).
+set -euo pipefail
+cd "$FORGE"
+export HF_HOME="$HF_HOME" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 DISABLE_TELEMETRY=1
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST= CUDA_VISIBLE_DEVICES=
+# Large blocks in mmap, returned on free (see setup_webui.sh's run.sh).
+export MALLOC_MMAP_THRESHOLD_=\${MALLOC_MMAP_THRESHOLD_:-131072}
+exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test \\
+    --skip-python-version-check --skip-version-check --always-cpu \\
+    --api --port "\${PORT:-7860}" --server-name 127.0.0.1 --no-download-sd-model "\$@"
+EOF
+cat >"$TARGET/wait.sh" <<'EOF'
+#!/usr/bin/env bash
+# Wait until the server answers /instantid/v1/version (TIMEOUT seconds, default 900).
+url=${SD_WEBUI_URL:-http://127.0.0.1:${PORT:-7860}}
+deadline=$((SECONDS + ${TIMEOUT:-900}))
+until curl -sf "$url/instantid/v1/version" >/dev/null; do
+    if ((SECONDS > deadline)); then
+        echo "no answer from $url/instantid/v1/version" >&2
+        exit 1
+    fi
+    sleep 5
+done
+curl -s "$url/instantid/v1/version"
+echo
+EOF
+chmod +x "$TARGET/run.sh" "$TARGET/wait.sh"
+say "ready. Start: $TARGET/run.sh   wait: $TARGET/wait.sh   (du: $(du -sh "$TARGET" | cut -f1))"
