@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DependencyError, InvalidInputError
+from ...method.rows import images_in_order
 from .access import ControlNetAccess
 from .cleanup import HIRES_PROMPT_CACHES, forget_marked_prompts
 from .unit import InjectedUnit, check_hint
@@ -307,12 +308,9 @@ def _per_image_embed(base: type) -> type:
             rows = int(cond_mark.shape[0])
             images = None if self.images_of is None else self.images_of(rows)
             if images is None or len(images) != rows:
-                flags = (cond_mark.reshape(rows, -1)[:, 0] > 0.5).tolist()
-                seen = [0, 0]
-                images = []
-                for flag in flags:
-                    images.append(seen[int(flag)])
-                    seen[int(flag)] += 1
+                images = images_in_order(
+                    [int(flag) for flag in (cond_mark.reshape(rows, -1)[:, 0] > 0.5).tolist()]
+                )
             uncond = self.uncond_emb
             last = int(uncond.shape[0]) - 1
             index = torch.tensor([min(int(i), last) for i in images], dtype=torch.long, device=uncond.device)
