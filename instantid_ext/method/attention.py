@@ -391,22 +391,16 @@ class IPAttentionPatch(HookSet):
         """Face keys and scaled values of every layer for this generation (float32 math)."""
         with self._lock:
             tokens = self._tokens.to(device=device, dtype=torch.float32)  # [n+1, 16·k, 2048]
-            n_sets, n_tokens = tokens.shape[0], tokens.shape[1]
-            count = len(self._scales)
-            scale: float | torch.Tensor = self._scales[0]
-            if count > 1:  # scale_r for each of identity r's 16 tokens
-                per_token = torch.tensor(self._scales, device=device).repeat_interleave(NUM_FACE_TOKENS)
-                scale = per_token.view(1, 1, n_tokens, 1)
             for hook, to_k, to_v in zip(
                 self._layers, self.adapter.to_k_ip, self.adapter.to_v_ip, strict=True
             ):
-                heads = hook.heads
-                keys = F.linear(tokens, to_k.weight.to(device=device, dtype=torch.float32))  # [n+1, 16k, C]
-                vals = F.linear(tokens, to_v.weight.to(device=device, dtype=torch.float32))
-                width = keys.shape[-1]
-                d = width // heads
-                keys = keys.view(n_sets, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
-                vals = vals.view(n_sets, n_tokens, heads, d).transpose(1, 2) * scale  # [n+1, heads, 16k, d]
+                keys, vals = scaled_face_kv(
+                    tokens,
+                    to_k.weight.to(device=device, dtype=torch.float32),
+                    to_v.weight.to(device=device, dtype=torch.float32),
+                    hook.heads,
+                    self._scales,
+                )
                 self._kv[(hook.layer.ip_index, device, dtype)] = _LayerCache(
                     keys=keys.to(dtype).contiguous(), values=vals.to(dtype).contiguous()
                 )
@@ -422,14 +416,7 @@ class IPAttentionPatch(HookSet):
         if cached is not None:
             return cached
         assert self._masks is not None
-        count = self._masks.shape[0]
-        grid = token_grid(seq, self.router.latent_size, tuple(self._masks.shape[-2:]))
-        small = F.interpolate(self._masks[None], size=grid, mode="nearest")  # [1, k, h, w]
-        if count == 1:
-            cached = small.reshape(1, seq, 1)
-        else:
-            cached = small.reshape(count, seq).t().reshape(1, seq, 1, count, 1)
-        cached = cached.to(device=device, dtype=dtype)
+        cached = region_token_mask(self._masks, seq, self.router.latent_size).to(device=device, dtype=dtype)
         self._mask_cache[key] = cached
         return cached
 
@@ -455,6 +442,38 @@ class MultiIPAttentionPatch(IPAttentionPatch):
         precomputed: PrecomputedKV | None = None,
     ) -> None:
         self._setup(unet, adapter, identities, start, end, router, precomputed)
+
+
+def scaled_face_kv(
+    tokens: torch.Tensor, to_k: torch.Tensor, to_v: torch.Tensor, heads: int, scales: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's face keys and values for the token sets ``tokens`` ``[n, 16·k, C]``:
+    ``K_ipᵀ/√d`` ``[n, heads, d, 16·k]`` and ``scale · V_ip`` ``[n, heads, 16·k, d]``, identity r's
+    16 values scaled by ``scales[r]``. Precomputed once per generation, so a step only scores
+    its queries against them (shared by every host's attention patch)."""
+    n_sets, n_tokens = tokens.shape[0], tokens.shape[1]
+    scale: float | torch.Tensor = scales[0]
+    if len(scales) > 1:  # scale_r for each of identity r's 16 tokens
+        per_token = torch.tensor(list(scales), device=tokens.device).repeat_interleave(NUM_FACE_TOKENS)
+        scale = per_token.view(1, 1, n_tokens, 1)
+    keys = F.linear(tokens, to_k)
+    vals = F.linear(tokens, to_v)
+    d = keys.shape[-1] // heads
+    keys = keys.view(n_sets, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
+    vals = vals.view(n_sets, n_tokens, heads, d).transpose(1, 2) * scale
+    return keys, vals
+
+
+def region_token_mask(masks: torch.Tensor, seq: int, latent: tuple[int, int] | None) -> torch.Tensor:
+    """The region masks ``[k, H, W]`` resized (nearest) to a layer's grid of ``seq`` tokens:
+    ``[1, S, 1]`` for one identity, ``[1, S, 1, k, 1]`` for k (one region per 16-block of
+    :func:`region_probs`)."""
+    count = masks.shape[0]
+    grid = token_grid(seq, latent, tuple(masks.shape[-2:]))
+    small = F.interpolate(masks[None], size=grid, mode="nearest")  # [1, k, h, w]
+    if count == 1:
+        return small.reshape(1, seq, 1)
+    return small.reshape(count, seq).t().reshape(1, seq, 1, count, 1)
 
 
 def token_grid(seq: int, latent: tuple[int, int] | None, mask_hw: tuple[int, ...]) -> tuple[int, int]:

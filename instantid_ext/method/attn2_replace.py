@@ -22,7 +22,6 @@ keys and values are computed once per layer, not per copy) and holds no host obj
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
-from .attention import IPIdentity, _check_identities, _uncond_of, region_probs, token_grid
+from .attention import (
+    IPIdentity,
+    _check_identities,
+    _uncond_of,
+    region_probs,
+    region_token_mask,
+    scaled_face_kv,
+)
 from .ip_adapter import NUM_FACE_TOKENS, IPAdapter
 from .sdxl_layers import NUM_IP_LAYERS, SDXL_ATTN2_BLOCKS, TOKEN_DIM
 
@@ -209,16 +215,13 @@ class FaceAttention:
             raise InvalidInputError(msg)
         with self._lock:
             tokens = self._tokens.to(device=device, dtype=torch.float32)
-            n_sets, n_tokens = tokens.shape[0], tokens.shape[1]
-            scale: float | torch.Tensor = self._scales[0]
-            if len(self._scales) > 1:  # scale_r for each of identity r's 16 tokens
-                per_token = torch.tensor(self._scales, device=device).repeat_interleave(NUM_FACE_TOKENS)
-                scale = per_token.view(1, 1, n_tokens, 1)
-            d = width // heads
-            keys = F.linear(tokens, to_k.to(device=device, dtype=torch.float32))
-            vals = F.linear(tokens, to_v.to(device=device, dtype=torch.float32))
-            keys = keys.view(n_sets, n_tokens, heads, d).permute(0, 2, 3, 1) / math.sqrt(d)
-            vals = vals.view(n_sets, n_tokens, heads, d).transpose(1, 2) * scale
+            keys, vals = scaled_face_kv(
+                tokens,
+                to_k.to(device=device, dtype=torch.float32),
+                to_v.to(device=device, dtype=torch.float32),
+                heads,
+                self._scales,
+            )
             cached = (keys.to(dtype).contiguous(), vals.to(dtype).contiguous())
             self._kv[key] = cached
         return cached
@@ -270,14 +273,7 @@ class FaceAttention:
         if cached is not None:
             return cached
         assert self._masks is not None
-        count = self._masks.shape[0]
-        grid = token_grid(seq, latent, tuple(self._masks.shape[-2:]))
-        small = F.interpolate(self._masks[None], size=grid, mode="nearest")  # [1, k, h, w]
-        if count == 1:
-            cached = small.reshape(1, seq, 1)
-        else:
-            cached = small.reshape(count, seq).t().reshape(1, seq, 1, count, 1)
-        cached = cached.to(device=device, dtype=dtype)
+        cached = region_token_mask(self._masks, seq, latent).to(device=device, dtype=dtype)
         self._mask_cache[key] = cached
         return cached
 
