@@ -171,6 +171,16 @@ def _check_identities(identities: Sequence[IPIdentity]) -> None:
             raise InvalidInputError(msg)
 
 
+def checked_identities(identities: Sequence[IPIdentity], start: float, end: float) -> list[IPIdentity]:
+    """``identities`` as a list, refused with one sentence where they or the ID window do not fit."""
+    identities = list(identities)
+    _check_identities(identities)
+    if not 0.0 <= start <= end <= 1.0:
+        msg = f"The ID start/end must satisfy 0 ≤ start ≤ end ≤ 1, got {start}/{end}."
+        raise InvalidInputError(msg)
+    return identities
+
+
 def _uncond_of(identity: IPIdentity, image: int) -> torch.Tensor:
     """``[16, 2048]``: the identity's uncond tokens for ``image`` (its only set if it has one)."""
     uncond = identity.uncond
@@ -216,11 +226,7 @@ class IPAttentionPatch(HookSet):
         router: RowRouter | None,
         precomputed: PrecomputedKV | None,
     ) -> None:
-        identities = list(identities)
-        _check_identities(identities)
-        if not 0.0 <= start <= end <= 1.0:
-            msg = f"The ID start/end must satisfy 0 ≤ start ≤ end ≤ 1, got {start}/{end}."
-            raise InvalidInputError(msg)
+        identities = checked_identities(identities, start, end)
         self.unet = unet
         self.adapter = adapter
         self.identities = tuple(identities)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError
 from .attention import (
     IPIdentity,
-    _check_identities,
     _uncond_of,
+    checked_identities,
     region_probs,
     region_token_mask,
     scaled_face_kv,
@@ -84,7 +84,20 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch
     return out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1])
 
 
-class FaceAttention:
+class CopiesAsItself:
+    """The host deep-copies its model options at every clone of its UNet patcher; a patch that
+    copies as itself keeps one set of cached keys/values and holds no copies of the tensors."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict) -> CopiesAsItself:
+        return self
+
+    def __copy__(self) -> CopiesAsItself:
+        return self
+
+
+class FaceAttention(CopiesAsItself):
     """The face tokens of one generation, shared by the 70 per-layer patches it hands out.
 
     ``identities`` are as for :class:`~instantid_ext.method.attention.MultiIPAttentionPatch`
@@ -103,11 +116,7 @@ class FaceAttention:
         progress: Callable[[Mapping[str, Any]], float] | None = None,
         text_attention: TextAttention | None = None,
     ) -> None:
-        identities = list(identities)
-        _check_identities(identities)
-        if not 0.0 <= start <= end <= 1.0:
-            msg = f"The ID start/end must satisfy 0 ≤ start ≤ end ≤ 1, got {start}/{end}."
-            raise InvalidInputError(msg)
+        identities = checked_identities(identities, start, end)
         if len(adapter.to_k_ip) != NUM_IP_LAYERS:
             msg = f"The adapter has {len(adapter.to_k_ip)} IP layers where SDXL has {NUM_IP_LAYERS}."
             raise InvalidInputError(msg)
@@ -132,12 +141,6 @@ class FaceAttention:
         self._last_sigmas: object = None
         self._last_active = True
         self._warned_rows = False
-
-    def __deepcopy__(self, memo: dict) -> FaceAttention:
-        return self
-
-    def __copy__(self) -> FaceAttention:
-        return self
 
     # -- the patches ----------------------------------------------------------------------
     def patch(self, index: int, prior: ReplacePatch | None = None) -> Attn2FacePatch:
@@ -278,7 +281,7 @@ class FaceAttention:
         return cached
 
 
-class Attn2FacePatch:
+class Attn2FacePatch(CopiesAsItself):
     """The replace patch of one attn2 layer: text attention (or the earlier patch), plus the
     face term. Copies as itself, so the host's deep copy of its options keeps one cache."""
 
@@ -288,12 +291,6 @@ class Attn2FacePatch:
         self.face = face
         self.index = index
         self.prior = prior
-
-    def __deepcopy__(self, memo: dict) -> Attn2FacePatch:
-        return self
-
-    def __copy__(self) -> Attn2FacePatch:
-        return self
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from instantid_ext.errors import InvalidInputError
@@ -19,27 +19,16 @@ from instantid_ext.method.attn2_replace import (
     layer_name,
     sdpa,
 )
-from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
+from instantid_ext.method.ip_adapter import IPAdapter
 from instantid_ext.method.sdxl_layers import Attn2Layer, sdxl_attn2_layers
-from tests.fakes.sgm_unet import make_unet, unet_inputs
-from tests.fakes.weights import adapter_checkpoint, save_bin
+from tests.fakes.sgm_unet import unet_inputs
+from tests.unit.test_ip_attention import SCALE, OracleAttn2
+from tests.unit.test_multi_identity import region_masks
 
-SCALE = 0.8
 LATENT = 16
 SIDE = 8 * LATENT
 TOL = 1e-5
 ORACLE_LAYERS = (0, 37, 69)  # input_blocks.4 (2 heads), output_blocks.2 and the middle (4 heads)
-
-
-@pytest.fixture(scope="module")
-def unet() -> nn.Module:
-    return make_unet(seed=0)
-
-
-@pytest.fixture(scope="module")
-def adapter(unet: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> IPAdapter:
-    path = save_bin(adapter_checkpoint(unet, seed=5), tmp_path_factory.mktemp("ip") / "ip-adapter.bin")
-    return load_ip_adapter(path, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +41,10 @@ def face_tokens(adapter: IPAdapter, seed: int = 11) -> torch.Tensor:
     return adapter.face_tokens(emb)
 
 
-def oracle_for(layer: Attn2Layer, adapter: IPAdapter, scale: float = SCALE) -> Attention:
+def oracle_for(layer: Attn2Layer, adapter: IPAdapter) -> Attention:
     """diffusers' Attention + IPAdapterAttnProcessor2_0 with the layer's and the adapter's weights."""
-    sgm = layer.module
-    hidden, heads = sgm.to_q.out_features, sgm.heads
-    attn = Attention(
-        query_dim=hidden, cross_attention_dim=2048, heads=heads, dim_head=hidden // heads, out_bias=True
-    )
-    attn.set_processor(IPAdapterAttnProcessor2_0(hidden, 2048, num_tokens=(16,), scale=scale))
-    sd = {
-        "to_q.weight": sgm.to_q.weight,
-        "to_k.weight": sgm.to_k.weight,
-        "to_v.weight": sgm.to_v.weight,
-        "to_out.0.weight": sgm.to_out[0].weight,
-        "to_out.0.bias": sgm.to_out[0].bias,
-        "processor.to_k_ip.0.weight": adapter.to_k_ip[layer.ip_index].weight,
-        "processor.to_v_ip.0.weight": adapter.to_v_ip[layer.ip_index].weight,
-    }
-    attn.load_state_dict(sd, strict=True)
-    return attn.eval()
+    ip = layer.ip_index
+    return OracleAttn2(layer.module, adapter.to_k_ip[ip].weight, adapter.to_v_ip[ip].weight).attn.eval()
 
 
 def layer_inputs(
@@ -262,14 +236,6 @@ def capture_webui(unet: nn.Module, layers: list[Attn2Layer], run) -> dict[int, t
         for handle in handles:
             handle.remove()
     return {i: tuple(v) for i, v in seen.items()}
-
-
-def region_masks(count: int) -> torch.Tensor:
-    masks = torch.zeros(count, SIDE, SIDE)
-    edges = [round(i * SIDE / count) for i in range(count + 1)]
-    for r in range(count):
-        masks[r, : SIDE - 32, edges[r] : edges[r + 1]] = 1.0
-    return masks
 
 
 def identity_cases(adapter: IPAdapter) -> dict[str, list[IPIdentity]]:

@@ -24,26 +24,14 @@ from instantid_ext.method.identitynet_regions import (
     identity_context,
     region_strength_map,
 )
-from instantid_ext.method.ip_adapter import IPAdapter, load_ip_adapter
+from instantid_ext.method.ip_adapter import IPAdapter
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
 from tests.fakes.sgm_controlnet import make_controlnet
-from tests.fakes.sgm_unet import make_unet, unet_inputs
-from tests.fakes.weights import adapter_checkpoint, save_bin
+from tests.fakes.sgm_unet import unet_inputs
 
 LATENT = 16
 SIDE = 8 * LATENT  # output pixels
 SCALES = (0.8, 0.5, 1.2)
-
-
-@pytest.fixture(scope="module")
-def unet() -> nn.Module:
-    return make_unet(seed=0)
-
-
-@pytest.fixture(scope="module")
-def adapter(unet: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> IPAdapter:
-    path = save_bin(adapter_checkpoint(unet, seed=5), tmp_path_factory.mktemp("ip") / "ip-adapter.bin")
-    return load_ip_adapter(path, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
