@@ -181,6 +181,15 @@ def checked_identities(identities: Sequence[IPIdentity], start: float, end: floa
     return identities
 
 
+def token_sets(identities: Sequence[IPIdentity]) -> torch.Tensor:
+    """``[n+1, 16·k, 2048]``: every identity's uncond tokens, one set per image (n = 1: one set
+    for all), then their cond tokens (set n); the rows every host's patch picks from."""
+    count = max(_uncond_sets(identity) for identity in identities)
+    sets = [torch.cat([_uncond_of(identity, image) for identity in identities]) for image in range(count)]
+    sets.append(torch.cat([identity.cond.reshape(-1, TOKEN_DIM) for identity in identities]))
+    return torch.stack(sets)
+
+
 def _uncond_of(identity: IPIdentity, image: int) -> torch.Tensor:
     """``[16, 2048]``: the identity's uncond tokens for ``image`` (its only set if it has one)."""
     uncond = identity.uncond
@@ -242,16 +251,9 @@ class IPAttentionPatch(HookSet):
             self._masks = torch.stack([m.detach().float() for m in masks if m is not None])
         self._scales = [float(identity.scale) for identity in identities]
         self._enabled = any(s != 0.0 for s in self._scales)
-        self._uncond_sets = max(_uncond_sets(identity) for identity in identities)
+        self._tokens = token_sets(identities)
+        self._uncond_sets = self._tokens.shape[0] - 1
         """How many uncond token sets: 1 (shared by every uncond row), or one per image."""
-        # [n+1, 16·k, 2048]: the uncond tokens of every identity, one set per image (n = 1: one
-        # set for all), then their cond tokens (set n).
-        sets = [
-            torch.cat([_uncond_of(identity, image) for identity in identities])
-            for image in range(self._uncond_sets)
-        ]
-        sets.append(torch.cat([identity.cond.reshape(-1, TOKEN_DIM) for identity in identities]))
-        self._tokens = torch.stack(sets)
         self._mask_cache: dict[tuple, torch.Tensor] = {}
         self._warned_no_query = False
         self._owns_kv = precomputed is None

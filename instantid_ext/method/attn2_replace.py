@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError
 from .attention import (
     IPIdentity,
-    _uncond_of,
     checked_identities,
     region_probs,
     region_token_mask,
     scaled_face_kv,
+    token_sets,
 )
 from .ip_adapter import NUM_FACE_TOKENS, IPAdapter
-from .sdxl_layers import NUM_IP_LAYERS, SDXL_ATTN2_BLOCKS, TOKEN_DIM
+from .sdxl_layers import NUM_IP_LAYERS, SDXL_ATTN2_BLOCKS
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +129,8 @@ class FaceAttention(CopiesAsItself):
         self._enabled = any(s != 0.0 for s in self._scales)
         masks = [identity.mask for identity in identities]
         self._masks = None if masks[0] is None else torch.stack([m.detach().float() for m in masks])
-        self._sets = max(int(i.uncond.shape[0]) if i.uncond.ndim == 3 else 1 for i in identities)
-        # [n+1, 16·k, 2048]: the uncond tokens of every identity per image, then the cond tokens.
-        sets = [torch.cat([_uncond_of(i, image) for i in identities]) for image in range(self._sets)]
-        sets.append(torch.cat([i.cond.reshape(-1, TOKEN_DIM) for i in identities]))
-        self._tokens = torch.stack(sets).detach()
+        self._tokens = token_sets(identities).detach()
+        self._sets = self._tokens.shape[0] - 1
         self._kv: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._slots: dict[tuple, torch.Tensor] = {}
         self._mask_cache: dict[tuple, torch.Tensor] = {}
