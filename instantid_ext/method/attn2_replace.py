@@ -84,6 +84,28 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch
     return out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1])
 
 
+def context_rows(cond: torch.Tensor, uncond: torch.Tensor, chunks: Sequence[int], batch: int) -> torch.Tensor:
+    """A ``[batch, T, C]`` context for a call with these ``cond_or_uncond`` chunks: ``cond`` (one
+    set, ``[1, T, C]``) in the cond chunks; in the uncond chunks ``uncond``'s one set, or row i
+    of ``uncond`` (one set per image, ``[B, T, C]``) for row i of the chunk. Without usable chunks
+    every row is cond (as :meth:`FaceAttention._select_rows` counts them)."""
+    chunks = tuple(int(c) for c in chunks or ())
+    if not chunks or batch % len(chunks):
+        chunks = (HOST_COND,)
+    per_chunk = batch // len(chunks)
+    last = uncond.shape[0] - 1
+    parts = []
+    for chunk in chunks:
+        if chunk == HOST_COND:
+            parts.append(cond[:1].expand(per_chunk, -1, -1))
+        elif last == 0:
+            parts.append(uncond.expand(per_chunk, -1, -1))
+        else:
+            index = torch.tensor([min(row, last) for row in range(per_chunk)], device=uncond.device)
+            parts.append(uncond.index_select(0, index))
+    return torch.cat(parts)
+
+
 class CopiesAsItself:
     """The host deep-copies its model options at every clone of its UNet patcher; a patch that
     copies as itself keeps one set of cached keys/values and holds no copies of the tensors."""

@@ -1,10 +1,11 @@
 """Every use of the WebUI's own modules, in one place, with the version differences handled.
 
-Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1; Forge and its forks are recognised and
-refused (:func:`forge_message`). The rest of :mod:`instantid_ext.webui` asks this module for
-paths, options, model checks, the protection of our HTTP routes (the WebUI's own
-``--api-auth``/``--gradio-auth``) and the WebUI's hash cache instead of importing
-``modules.*``, which keeps the glue testable with a small stand-in of these few names.
+Supported hosts: AUTOMATIC1111 1.6.0 to 1.10.1, Forge Classic and reForge (:func:`is_forge`);
+Forge and Forge Neo are recognised and refused (:func:`forge_message`). The rest of
+:mod:`instantid_ext.webui` asks this module for paths, options, model checks, the protection
+of our HTTP routes (the WebUI's own ``--api-auth``/``--gradio-auth``) and the WebUI's hash
+cache instead of importing ``modules.*``, which keeps the glue testable with a small stand-in
+of these few names.
 """
 
 from __future__ import annotations
@@ -480,19 +481,31 @@ def forge_name() -> str | None:
     return f"{name} ({version})" if version and lowered not in ("neo", "classic") else name
 
 
+SUPPORTED_FORGE = ("Forge Classic", "reForge")
+"""The Forge-family hosts InstantID runs on (their backend: :mod:`instantid_ext.forge`)."""
+
+
+def is_forge() -> bool:
+    """Whether the WebUI is one of :data:`SUPPORTED_FORGE` (else AUTOMATIC1111, or refused)."""
+    name = forge_name()
+    return name is not None and name.startswith(SUPPORTED_FORGE)
+
+
 def check_supported() -> None:
-    """Raise :class:`DependencyError` with the one sentence when the WebUI is Forge or a fork."""
+    """Raise :class:`DependencyError` with the one sentence when the WebUI is a Forge that
+    InstantID does not run on."""
     message = forge_message()
     if message is not None:
         raise DependencyError(message)
 
 
 def forge_message() -> str | None:
-    """The one sentence shown on Forge and its forks (console, every job, /status), else None."""
+    """The one sentence shown on a Forge InstantID does not run on (console, every job,
+    /status), else None (AUTOMATIC1111, Forge Classic, reForge)."""
     name = forge_name()
-    if name is None:
+    if name is None or is_forge():
         return None
     return (
-        f"InstantID does not support Stable Diffusion WebUI {name} yet: it runs only in the AUTOMATIC1111 "
-        "WebUI 1.6.0 to 1.10.1, so use it there."
+        f"InstantID does not support Stable Diffusion WebUI {name} yet: it runs in Forge Classic, reForge "
+        "and the AUTOMATIC1111 WebUI 1.6.0 to 1.10.1, so use one of them."
     )

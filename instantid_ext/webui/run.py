@@ -93,6 +93,15 @@ class Run(Job):
         super().close()
 
     @property
+    def is_sampling(self) -> bool:
+        """Whether a ``p.sample`` call of this job is running (its face tokens are on)."""
+        return self.patch is not None
+
+    def before_every_sampling(self, p: Any) -> None:
+        """Forge-family hosts patch their UNet per sampling pass here; AUTOMATIC1111 has no such
+        hook, and its face tokens go on for the whole ``p.sample`` call (:meth:`sampling`)."""
+
+    @property
     def pose(self) -> FacePose | None:
         return None if self.conditioning is None else self.conditioning.pose
 
@@ -100,6 +109,30 @@ class Run(Job):
     def people(self) -> People | None:
         """Several people (``args.people``), else None."""
         return self.cast if isinstance(self.cast, People) else None
+
+    def prepare_identitynet(self, p: Any, resources: Resources, weight: float) -> None:
+        """Put IdentityNet into the job as one ControlNet unit with unit weight ``weight``."""
+        args = self.args
+        bridge = ControlNetBridge.detect()
+        self.identitynet_file = resources.identitynet(args.identitynet_model)
+        if not bridge.has_script(p):
+            self.warn(
+                "ControlNet does not run in this generation (a nested generation that leaves it out?), "
+                "so IdentityNet is skipped and only the face tokens apply."
+            )
+            return
+        key = bridge.identitynet_model_key(self, p, self.identitynet_file.path)
+        bridge.share_model_cache(p)
+        self.bridge = bridge
+        self.unit = bridge.inject_unit(
+            self,
+            p,
+            black_hint(frames.canvas_size(p)),  # drawn for real once p.init fixed the geometry
+            weight,
+            args.control_start,
+            args.control_end,
+            key,
+        )
 
     # -- process_batch: the geometry is final ----------------------------------------------
     def on_batch(self, p: Any) -> None:
@@ -331,11 +364,12 @@ def _resolve_pose(run: Run, p: Any, conditioning: FaceConditioning, resources: R
         return conditioning.pose
 
 
-def start(p: Any, args: InstantIDArgs, resources: Resources) -> Run:
-    """Prepare a generation; raises InstantIDError (the job undone) on bad input."""
+def start(p: Any, args: InstantIDArgs, resources: Resources, kind: type[Run] | None = None) -> Run:
+    """Prepare a generation; raises InstantIDError (the job undone) on bad input. ``kind`` is the
+    host's Run class (:class:`Run` for AUTOMATIC1111 with sd-webui-controlnet)."""
     started = time.perf_counter()
     _forget_earlier_infotext(p)
-    run = Run(p, args, resources)
+    run = (kind or Run)(p, args, resources)
     try:
         _prepare(run, p, resources)
     except BaseException:
@@ -363,7 +397,7 @@ def _prepare(run: Run, p: Any, resources: Resources) -> None:
     run.adapter_file, run.adapter = resources.adapter(args.ip_adapter_model)
     weight = _prepare_cast(run, p, resources, run.adapter)
     if weight > 0:
-        _prepare_identitynet(run, p, resources, weight=weight)
+        run.prepare_identitynet(p, resources, weight)
     run.place_early(p)
     _seed_init_encoding(run, p)
     _wrap_sampling(run, p)
@@ -386,30 +420,6 @@ def _prepare_cast(run: Run, p: Any, resources: Resources, adapter: IPAdapter) ->
     tokens = FaceTokens.from_embedding(adapter, run.conditioning.embedding)
     run.cast = OnePerson(args, run.conditioning, tokens, run.warn, run.fail)
     return args.control_weight
-
-
-def _prepare_identitynet(run: Run, p: Any, resources: Resources, weight: float) -> None:
-    args = run.args
-    bridge = ControlNetBridge.detect()
-    run.identitynet_file = resources.identitynet(args.identitynet_model)
-    if not bridge.has_script(p):
-        run.warn(
-            "ControlNet does not run in this generation (a nested generation that leaves it out?), "
-            "so IdentityNet is skipped and only the face tokens apply."
-        )
-        return
-    key = bridge.identitynet_model_key(run, p, run.identitynet_file.path)
-    bridge.share_model_cache(p)
-    run.bridge = bridge
-    run.unit = bridge.inject_unit(
-        run,
-        p,
-        black_hint(frames.canvas_size(p)),  # drawn for real once p.init fixed the geometry
-        weight,
-        args.control_start,
-        args.control_end,
-        key,
-    )
 
 
 def _seed_init_encoding(run: Run, p: Any) -> None:
@@ -448,7 +458,7 @@ def _wrap_sampling(run: Run, p: Any) -> None:
 
     def sample_with_instantid(*args: Any, **kwargs: Any) -> Any:
         current = run_of(p)
-        if current is None or current.patch is not None:
+        if current is None or current.is_sampling:
             return original(*args, **kwargs)
         try:
             with current.sampling(p):

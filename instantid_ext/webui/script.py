@@ -84,7 +84,7 @@ class InstantIDScript(scripts.Script):
             if parsed is None:
                 return
             host.check_supported()
-            run.start(p, parsed, services.resources())
+            run.start(p, parsed, services.resources(), kind=services.run_kind())
         except InstantIDError as err:
             logger.error("%s", err)
             host.abort_job(p, err)
@@ -93,6 +93,10 @@ class InstantIDScript(scripts.Script):
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
         _job_step(p, lambda job: job.on_batch(p), "setting up the batch")
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        """Forge Classic and reForge, before each sampling pass (AUTOMATIC1111 has no such hook)."""
+        _job_step(p, lambda job: job.before_every_sampling(p), "patching the UNet for sampling")
 
     def before_hr(self, p: Any, *args: Any) -> None:
         _job_step(p, lambda job: job.enter_hires(p))

@@ -36,13 +36,34 @@ def resources() -> Resources:
 
 
 def controlnet_status() -> tuple[bool, str]:
-    """Whether IdentityNet can run, and the sentence the panel shows (Forge is refused first)."""
+    """Whether IdentityNet can run, and the sentence the panel shows (an unsupported Forge is
+    refused first; Forge Classic and reForge run it through their own ControlNet backend)."""
+    from ..errors import DependencyError
     from .controlnet import ControlNetBridge
 
     forge = host.forge_message()
     if forge is not None:
         return False, forge
+    if host.is_forge():
+        from ..forge.backend import backend
+
+        try:
+            backend()
+        except DependencyError as err:
+            return False, str(err)
+        return True, f"{host.forge_name()}'s ControlNet backend found: IdentityNet runs through it."
     return ControlNetBridge.available()
+
+
+def run_kind() -> type[Any]:
+    """The Run class of this host: Forge Classic and reForge patch through their UNet patcher."""
+    from .run import Run
+
+    if host.is_forge():
+        from .forge_run import ForgeRun
+
+        return ForgeRun
+    return Run
 
 
 #: Folders where versions up to 0.1.0 gave ControlNet links to IdentityNet (no longer made).

@@ -25,7 +25,10 @@ RULES: dict[str, frozenset[str]] = {
     "job": frozenset({"errors", "images", "models", "method", "faces", "args"}),
     "doctor": frozenset({"errors", "images", "models", "method", "faces", "dists", "version"}),
     "cli": frozenset({"errors", "images", "models", "method", "faces", "doctor"}),
-    "webui": frozenset({"errors", "images", "models", "method", "faces", "args", "job", "version", "host"}),
+    "forge": frozenset({"errors", "method", "host"}),
+    "webui": frozenset(
+        {"errors", "images", "models", "method", "faces", "args", "job", "forge", "version", "host"}
+    ),
 }
 #: The package's front door and ``python -m`` entry, which only re-export.
 ENTRY_POINTS = {"__init__": frozenset({"errors", "faces", "method"}), "__main__": frozenset({"cli"})}
@@ -79,7 +82,7 @@ def test_every_part_imports_only_what_its_rule_allows() -> None:
 
 def test_only_a_host_adapter_imports_the_host() -> None:
     adapters = {part for part, allowed in RULES.items() if "host" in allowed}
-    assert adapters == {"webui"}
+    assert adapters == {"forge", "webui"}
     for path in PACKAGE.rglob("*.py"):
         if part_of(path) not in adapters:
             assert "host" not in imported_parts(path), path
