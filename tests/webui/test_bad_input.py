@@ -129,8 +129,8 @@ NESTED = (
     "exists) and delete the empty inner folder. (Places searched: '{0}/insightface/models/antelopev2'.)"
 )
 FORGE = (
-    "InstantID does not support Stable Diffusion WebUI Forge yet: it runs only in the AUTOMATIC1111 WebUI "
-    "1.6.0 to 1.10.1, so use it there."
+    "InstantID does not support Stable Diffusion WebUI Forge yet: it runs in Forge Classic, reForge and "
+    "the AUTOMATIC1111 WebUI 1.6.0 to 1.10.1, so use one of them."
 )
 
 

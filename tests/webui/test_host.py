@@ -24,8 +24,8 @@ from instantid_ext.webui import api
 from tests.webui import fake_host
 
 FORGE_MESSAGE = (
-    "InstantID does not support Stable Diffusion WebUI Forge (2.0.1v1.10.1) yet: it runs only in the "
-    "AUTOMATIC1111 WebUI 1.6.0 to 1.10.1, so use it there."
+    "InstantID does not support Stable Diffusion WebUI Forge (2.0.1v1.10.1) yet: it runs in Forge Classic, "
+    "reForge and the AUTOMATIC1111 WebUI 1.6.0 to 1.10.1, so use one of them."
 )
 
 
@@ -168,13 +168,17 @@ def test_reforge_and_haoming02s_forks_are_named(host, tmp_path: Path, monkeypatc
     fake_forge(monkeypatch, "1.0.0v2-v1.10.1RC")
     (tmp_path / "webui" / "extensions-builtin" / "reForge-RescaleCFG").mkdir(parents=True)
     assert host.forge_name() == "reForge (1.0.0v2-v1.10.1RC)"
+    assert host.is_forge() and host.forge_message() is None  # reForge runs InstantID
     fake_forge(monkeypatch, "neo")
     assert host.forge_name() == "Forge Neo"
-    fake_forge(monkeypatch, "classic")
+    assert not host.is_forge()
     assert host.forge_message() == (
-        "InstantID does not support Stable Diffusion WebUI Forge Classic yet: it runs only in the "
-        "AUTOMATIC1111 WebUI 1.6.0 to 1.10.1, so use it there."
+        "InstantID does not support Stable Diffusion WebUI Forge Neo yet: it runs in Forge Classic, "
+        "reForge and the AUTOMATIC1111 WebUI 1.6.0 to 1.10.1, so use one of them."
     )
+    fake_forge(monkeypatch, "classic")
+    assert host.forge_name() == "Forge Classic"
+    assert host.is_forge() and host.forge_message() is None
 
 
 def test_forge_is_found_on_the_path_before_it_is_imported(host, tmp_path: Path, monkeypatch) -> None:
