@@ -34,8 +34,9 @@ class ForgeRun(Run):
     """A :class:`Run` whose UNet and IdentityNet are patched through the host's UNet patcher."""
 
     def __init__(self, p: Any, args: Any, resources: Resources) -> None:
+        found = backend()  # before the job registers itself on p: a host without the API refuses here
         super().__init__(p, args, resources)
-        self.backend = backend()
+        self.backend = found
         self.identitynet: Any = None
         """The host's ControlNet for IdentityNet, or None when IdentityNet does not run."""
         self.identitynet_weight = 0.0
