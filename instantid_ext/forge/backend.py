@@ -22,6 +22,7 @@ What is used (Forge Classic and reForge; file:line at Forge Classic 5136ce20):
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping
@@ -158,11 +159,7 @@ def _earlier_patches(unet: Any) -> dict[Any, ReplacePatch]:
     return earlier
 
 
-_BACKEND: list[ForgeBackend] = []
-
-
+@functools.cache
 def backend() -> ForgeBackend:
-    """The running host's backend, found on first use."""
-    if not _BACKEND:
-        _BACKEND.append(ForgeBackend.detect())
-    return _BACKEND[0]
+    """The running host's backend, found on first use (a refusal is not kept: it raises again)."""
+    return ForgeBackend.detect()

@@ -14,7 +14,6 @@ holds (its face keys/values, the region hooks of several people) is dropped when
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +26,6 @@ from ..method.attn2_replace import FaceAttention
 from . import frames, host
 from .run import Run
 
-logger = logging.getLogger(__name__)
-
 
 class ForgeRun(Run):
     """A :class:`Run` whose UNet and IdentityNet are patched through the host's UNet patcher."""
@@ -40,7 +37,6 @@ class ForgeRun(Run):
         self.identitynet: Any = None
         """The host's ControlNet for IdentityNet, or None when IdentityNet does not run."""
         self.identitynet_weight = 0.0
-        self.progress = 0.0
         self.faces: dict[str, FaceAttention] = {}
         """The face attention of each pass ("first", "hires"), made on its first sampling pass."""
         self.live_pass: object = None
@@ -78,16 +74,10 @@ class ForgeRun(Run):
     def sampling(self, p: Any) -> Iterator[None]:
         """The sampling progress for the ID window and, with several people, IdentityNet's region
         hooks, for one ``p.sample`` call; the UNet is patched per pass by the host's hook."""
-        if self.failure is not None:
-            raise host.as_http_error(self.failure)
-        try:
-            host.check_sdxl_base(p.sd_model)
-        except InstantIDError as err:
-            logger.error("%s", err)
-            raise host.as_http_error(err) from None
+        self.checked_unet(p)
         self.pass_name = "first"
         with contextlib.ExitStack() as stack:
-            stack.enter_context(host.cfg_denoiser_callback(self._progress_callback(p)))
+            stack.enter_context(host.cfg_denoiser_callback(self._denoiser_callback(p)))
             stack.callback(setattr, self, "live_pass", None)
             stack.callback(self._unbind_identitynet)
             self.sampling_now = True
@@ -95,16 +85,6 @@ class ForgeRun(Run):
             yield
         if self.failure is not None:
             raise host.as_http_error(self.failure)
-
-    def _progress_callback(self, p: Any) -> Any:
-        def on_cfg_denoiser(params: Any) -> None:
-            owner = getattr(getattr(params, "denoiser", None), "p", None)
-            if owner is not None and owner is not p:
-                return
-            total = max(int(params.total_sampling_steps), 1)
-            self.progress = params.sampling_step / total
-
-        return on_cfg_denoiser
 
     def before_every_sampling(self, p: Any) -> None:
         """``process_before_every_sampling``: patch the UNet patcher this pass will use. The host
@@ -129,7 +109,7 @@ class ForgeRun(Run):
                 self.cast.ip_identities(name),
                 start=a.id_start,
                 end=a.id_end,
-                progress=lambda _options: self.progress,
+                progress=lambda _options: self.router.progress,  # set by the denoiser callback
                 text_attention=self.backend.text_attention,
             )
             self.faces[name] = face

@@ -221,19 +221,24 @@ class Run(Job):
             self.regional = None
 
     # -- p.sample: the checkpoint is final ---------------------------------------------------
-    @contextlib.contextmanager
-    def sampling(self, p: Any) -> Iterator[None]:
-        """Face tokens in the UNet, the denoiser callback and our ControlNet hooks, for one call."""
+    def checked_unet(self, p: Any) -> Any:
+        """The UNet to sample with, once the job has not failed and the checkpoint is SDXL base;
+        else the job's sentence as an HTTP error (prompts ControlNet may have marked forgotten)."""
         if self.failure is not None:
             forget_marked_prompts(p)  # ControlNet may have marked them already
             raise host.as_http_error(self.failure)
         try:
             host.check_sdxl_base(p.sd_model)
-            unet = host.unet_of(p.sd_model)
+            return host.unet_of(p.sd_model)
         except InstantIDError as err:
             logger.error("%s", err)
             forget_marked_prompts(p)
             raise host.as_http_error(err) from None
+
+    @contextlib.contextmanager
+    def sampling(self, p: Any) -> Iterator[None]:
+        """Face tokens in the UNet, the denoiser callback and our ControlNet hooks, for one call."""
+        unet = self.checked_unet(p)
         assert self.adapter is not None and self.cast is not None
         self.pass_name = "first"
         a = self.args
