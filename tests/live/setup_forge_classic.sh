@@ -75,54 +75,9 @@ fi
 
 say() { printf '\n[setup_forge_classic] %s\n' "$*"; }
 
-url_for() {  # url_for OWNER/NAME [OVERRIDE]
-    if [[ -n ${2:-} ]]; then
-        printf '%s' "$2"
-        return
-    fi
-    local owner=${1%%/*} name=${1#*/} url=$URL_TEMPLATE
-    url=${url//\{owner\}/$owner}
-    url=${url//\{name\}/$name}
-    printf '%s' "$url"
-}
-
-checkout() {  # checkout URL COMMIT DEST
-    local url=$1 commit=$2 dest=$3
-    if [[ -d $dest/.git ]] && [[ $(git -C "$dest" rev-parse HEAD 2>/dev/null) == "$commit" ]]; then
-        echo "  kept $dest at ${commit:0:8}"
-    else
-        rm -rf "$dest"
-        mkdir -p "$(dirname "$dest")"
-        echo "  $url @ ${commit:0:8} -> $dest"
-        # A shallow fetch of one commit is quick on GitHub; some servers refuse it: then clone all.
-        if ! { git init -q "$dest" && git -C "$dest" fetch -q --depth 1 "$url" "$commit" 2>/dev/null &&
-            git -C "$dest" checkout -q FETCH_HEAD; }; then
-            rm -rf "$dest"
-            git clone -q --no-checkout "$url" "$dest"
-            git -C "$dest" checkout -q "$commit" || true
-        fi
-        if [[ $(git -C "$dest" rev-parse HEAD) != "$commit" ]]; then
-            echo "could not check out $commit from $url" >&2
-            exit 1
-        fi
-    fi
-    # The host reads each extension's remote and branch.
-    git -C "$dest" remote get-url origin >/dev/null 2>&1 || git -C "$dest" remote add origin "$url"
-    git -C "$dest" symbolic-ref -q HEAD >/dev/null || git -C "$dest" checkout -q -B pinned
-}
-
-# check_torch_pair: torch and torchvision of the venv load together, else one sentence and exit.
-check_torch_pair() {
-    local out
-    if ! out=$("$PY" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)' 2>&1); then
-        echo "torch and torchvision in $VENV do not load together:" >&2
-        echo "$out" | tail -n 1 >&2
-        echo "Pick a matching pair with INSTANTID_LIVE_TORCH (see this script's header), delete" \
-            "$VENV and run the script again." >&2
-        exit 1
-    fi
-    echo "  torch and torchvision: $out"
-}
+# url_for, checkout, check_torch_pair, install_extensions, write_scripts
+# shellcheck source=tests/live/bed_lib.sh
+source "$HERE/bed_lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 say "1/5 sources in $TARGET"
@@ -196,28 +151,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 say "3/5 extensions"
-# install_ext SOURCE NAME: this checkout (or a folder of it) as extensions/NAME.
-install_ext() {
-    local src=$1 dest=$FORGE/extensions/$2
-    if [[ ${INSTANTID_LIVE_EXT_MODE:-link} == copy ]]; then
-        rm -rf "$dest"
-        mkdir -p "$dest"
-        git -C "$src" ls-files -z . | (cd "$src" && xargs -0 cp --parents -t "$dest")
-        echo "  copied $src -> $dest"
-    else
-        if [[ -e $dest && ! -L $dest ]]; then
-            rm -rf "$dest"
-        fi
-        ln -sfn "$src" "$dest"
-        echo "  linked $dest -> $src"
-    fi
-}
-install_ext "$REPO" sd-webui-instantid
-for helper in painter probe; do
-    if [[ -d $REPO/tests/live/$helper ]]; then
-        install_ext "$REPO/tests/live/$helper" "instantid-live-$helper"
-    fi
-done
+install_extensions "$FORGE/extensions"
 
 # ---------------------------------------------------------------------------------------------
 say "4/5 models, tokenizer cache and settings"
@@ -250,35 +184,5 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 say "5/5 run.sh and wait.sh in $TARGET"
-cat >"$TARGET/run.sh" <<EOF
-#!/usr/bin/env bash
-# Start Forge Classic on the CPU, offline, with the API (PORT, default 7860). Extra arguments are
-# passed to it (e.g. --api-auth user:pass).
-set -euo pipefail
-cd "$FORGE"
-export HF_HOME="$HF_HOME" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 DISABLE_TELEMETRY=1
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST= CUDA_VISIBLE_DEVICES=
-# Large blocks in mmap, returned on free (see setup_webui.sh's run.sh).
-export MALLOC_MMAP_THRESHOLD_=\${MALLOC_MMAP_THRESHOLD_:-131072}
-exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test \\
-    --skip-python-version-check --skip-version-check --always-cpu \\
-    --api --port "\${PORT:-7860}" --server-name 127.0.0.1 --no-download-sd-model "\$@"
-EOF
-cat >"$TARGET/wait.sh" <<'EOF'
-#!/usr/bin/env bash
-# Wait until the server answers /instantid/v1/version (TIMEOUT seconds, default 900).
-url=${SD_WEBUI_URL:-http://127.0.0.1:${PORT:-7860}}
-deadline=$((SECONDS + ${TIMEOUT:-900}))
-until curl -sf "$url/instantid/v1/version" >/dev/null; do
-    if ((SECONDS > deadline)); then
-        echo "no answer from $url/instantid/v1/version" >&2
-        exit 1
-    fi
-    sleep 5
-done
-curl -s "$url/instantid/v1/version"
-echo
-EOF
-chmod +x "$TARGET/run.sh" "$TARGET/wait.sh"
+write_scripts "Forge Classic" "$FORGE" "--skip-python-version-check --skip-version-check --always-cpu"
 say "ready. Start: $TARGET/run.sh   wait: $TARGET/wait.sh   (du: $(du -sh "$TARGET" | cut -f1))"
