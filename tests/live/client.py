@@ -44,6 +44,33 @@ def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             return err.code, payload.decode(errors="replace")
 
 
+_WEBUI_VERSION: list[str] = []
+
+
+def webui_version() -> str:
+    """The host's version as InstantID reports it ("v1.10.1", "classic", …), asked once."""
+    if not _WEBUI_VERSION:
+        code, info = call("GET", "/instantid/v1/version")
+        _WEBUI_VERSION.append(str(info.get("webui_version", "")) if code == 200 else "")
+    return _WEBUI_VERSION[0]
+
+
+def hires_fix(**settings: Any) -> dict[str, Any]:
+    """The request fields of a latent hires fix (STEPS hires steps, denoising 0.5; ``settings`` add
+    or override). Forge Classic leaves ``hr_cfg_scale`` None when a request omits it and its
+    sampler then fails (``sd_samplers_cfg_denoiser.py:157``), so it gets the request's CFG there."""
+    fields: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_second_pass_steps": STEPS,
+        "hr_upscaler": "Latent",
+        "denoising_strength": 0.5,  # the API has no default for it
+        **settings,
+    }
+    if webui_version() == "classic":
+        fields.setdefault("hr_cfg_scale", 4)
+    return fields
+
+
 def generation(instantid: Any = None, **settings: Any) -> dict[str, Any]:
     """A small, fast txt2img/img2img request body (SIZE², STEPS steps), with InstantID's argument;
     ``settings`` (prompt and seed included) override the defaults."""

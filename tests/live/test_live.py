@@ -29,6 +29,7 @@ from tests.live.client import (
     decode,
     face_photo_b64,
     generation,
+    hires_fix,
     photo_with_face,
     png_b64,
 )
@@ -157,13 +158,7 @@ def test_identity_round_trip(face_b64: str) -> None:
 
 def test_face_region_only_and_hires(face_b64: str) -> None:
     args = {"enabled": True, "images": [face_b64]}
-    hires = {
-        "enable_hr": True,
-        "hr_scale": 1.5,
-        "hr_second_pass_steps": STEPS,
-        "hr_upscaler": "Latent",
-        "denoising_strength": 0.5,  # the API has no default for it
-    }
+    hires = hires_fix(hr_scale=1.5)
     code, whole = txt2img(args, **hires)
     assert code == 200, whole
     code, region = txt2img({**args, "face_region_only": True}, **hires)
@@ -256,14 +251,7 @@ def test_only_masked_inpaint_hint_lies_on_the_masked_face(face_b64: str) -> None
 def test_hires_hint_follows_the_webuis_crop(face_b64: str) -> None:
     """Hires fix to another aspect ratio: the WebUI crops the upscaled first pass; so does the hint."""
     args = {"enabled": True, "images": [face_b64], "show_hint": True}
-    hires = {
-        "enable_hr": True,
-        "hr_resize_x": SIZE * 3 // 2,
-        "hr_resize_y": SIZE,
-        "hr_second_pass_steps": STEPS,
-        "hr_upscaler": "Latent",
-        "denoising_strength": 0.5,
-    }
+    hires = hires_fix(hr_resize_x=SIZE * 3 // 2, hr_resize_y=SIZE)
     code, result = txt2img(args, **hires)
     assert code == 200, result
     first, second = (decode(image) for image in result["images"][-2:])  # first pass, hires pass

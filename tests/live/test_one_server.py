@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.live.client import LIVE, SIZE, STEPS, call, face_photo_b64, generation, png_b64
+from tests.live.client import LIVE, SIZE, call, face_photo_b64, generation, hires_fix, png_b64
 from tests.request_args import RequestArgs
 
 pytestmark = LIVE
@@ -95,8 +95,7 @@ def refusal(kind: str, tab: str) -> tuple[Any, dict]:
     if kind == "batch start":  # the layout waits for p.init: hires fix, "Only masked"
         args = face(images=[tall_photo_b64()], face_region_only=True, pose_source="reference")
         if tab == "txt2img":
-            hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.5}
-            return args, {**hires, "hr_second_pass_steps": STEPS}
+            return args, hires_fix(hr_scale=1.5)
         return args, {"mask": left_face_mask_b64(), "inpaint_full_res": True}
     if kind == "checkpoint":
         title = sd15_checkpoint()
