@@ -140,7 +140,7 @@ class IdentityNetPass:
     ) -> None:
         self.control = control
         self.face = face
-        self.hint = torch.from_numpy(np.ascontiguousarray(hint)).float().div(255.0).permute(2, 0, 1)[None]
+        self.hint = torch.from_numpy(np.array(hint, dtype=np.float32)).div(255.0).permute(2, 0, 1)[None]
         self.strength = float(strength)
         self.start, self.end = float(start), float(end)
         self.mask = None if mask is None else mask.float()

@@ -97,6 +97,9 @@ class UnetPatcher:
         key = (block, number) if index is None else (block, number, index)
         to.setdefault("patches_replace", {}).setdefault("attn2", {})[key] = patch
 
+    def set_model_unet_function_wrapper(self, wrapper: Any) -> None:
+        self.model_options["model_function_wrapper"] = wrapper
+
     def add_patched_controlnet(self, cnet: Any) -> None:
         cnet.set_previous_controlnet(self.controlnet_linked_list)
         self.controlnet_linked_list = cnet
