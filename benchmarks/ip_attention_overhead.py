@@ -2,9 +2,11 @@
 
 Builds an SDXL-shaped UNet (the real block structure and attn2 widths: 70 cross-attention
 layers of 640/1280 channels, 64-wide heads, 2048-wide context) with random weights, then
-times a UNet call without InstantID, with our hooks, and with a straightforward per-step
-implementation (keys/values and the query recomputed in every call, as a naive port does),
-all on the same inputs. Run on a GPU for numbers that matter::
+times a UNet call without InstantID, with our hooks (AUTOMATIC1111), with our attn2 replace
+patches run the way a Forge-family host runs them (``to_out(patch(to_q(x), to_k(c), to_v(c)))``
+in each layer), and with a straightforward per-step implementation (keys/values and the query
+recomputed in every call, as a naive port does), all on the same inputs. Run on a GPU for
+numbers that matter::
 
     python benchmarks/ip_attention_overhead.py --device cuda --dtype float16 --latent 128
 
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import base_parser, random_ip_layers, synchronize, unet_call_inputs
-from instantid_ext.method.attention import IPAttentionPatch
+from instantid_ext.method.attention import IPAttentionPatch, IPIdentity
+from instantid_ext.method.attn2_replace import SDXL_ATTN2_KEYS, FaceAttention
 from instantid_ext.method.ip_adapter import IPAdapter
 from instantid_ext.method.resampler import Resampler
 from instantid_ext.method.sdxl_layers import sdxl_attn2_layers
@@ -64,6 +67,24 @@ def naive_hooks(unet: torch.nn.Module, adapter: IPAdapter, tokens: torch.Tensor,
     return handles
 
 
+def as_replace_patches(unet: torch.nn.Module, face: FaceAttention, chunks: list[int]) -> list:
+    """Each attn2 layer computes as a Forge-family host's transformer block does when the layer has
+    a replace patch: project, patch, ``to_out``. Returns the forwards to put back."""
+    patches = face.patches()
+    originals = []
+    for layer in sdxl_attn2_layers(unet):
+        attn = layer.module
+        patch = patches[SDXL_ATTN2_KEYS[layer.ip_index]]
+        extra = {"n_heads": attn.heads, "cond_or_uncond": chunks}
+
+        def forward(x, context=None, *args, attn=attn, patch=patch, extra=extra, **kwargs):
+            return attn.to_out(patch(attn.to_q(x), attn.to_k(context), attn.to_v(context), extra))
+
+        originals.append((attn, attn.forward))
+        attn.forward = forward
+    return originals
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], "rows per UNet call (cond + uncond)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -98,17 +119,33 @@ def main() -> None:
         handles = naive_hooks(unet, adapter, cond.to(device), 0.8)
         return step, lambda: [h.remove() for h in handles]
 
+    def with_replace_patch():
+        face = FaceAttention(adapter, [IPIdentity(cond, uncond, 0.8)])
+        originals = as_replace_patches(unet, face, [0, 1] if b % 2 == 0 else [0])
+
+        def teardown() -> None:
+            for attn, forward in originals:
+                attn.forward = forward
+
+        return step, teardown
+
     def without():
         return step, lambda: None
 
     # Variants are interleaved round by round (in rotating order) so that drift in the
     # machine's speed affects them alike; each round warms up first (the hooks' one-time
     # precompute is per generation, not per step, so it is not timed).
-    variants = {"UNet alone": without, "+ InstantID hooks": with_ours, "+ naive per-step hooks": with_naive}
+    variants = {
+        "UNet alone": without,
+        "+ InstantID hooks": with_ours,
+        "+ attn2 replace patches": with_replace_patch,
+        "+ naive per-step hooks": with_naive,
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for round_index in range(args.repeats):
-        for name in names[round_index % 3 :] + names[: round_index % 3]:
+        turn = round_index % len(names)
+        for name in names[turn:] + names[:turn]:
             run, teardown = variants[name]()
             try:
                 times[name] += timed(run, device, 2)
