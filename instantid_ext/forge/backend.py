@@ -13,8 +13,9 @@ What is used (Forge Classic and reForge; file:line at Forge Classic 5136ce20):
   ControlNet loader (diffusers-format IdentityNet included); ``.model_patcher`` is the
   ``ControlNet``.
 - ``modules_forge.controlnet.apply_controlnet_advanced(unet, control, hint, strength, start,
-  end, …, advanced_mask_weighting)`` (``:4``): copies the ControlNet, sets its hint and range,
-  and returns a clone of ``unet`` with it at the head of the ControlNet chain.
+  end)`` (``:4``): copies the ControlNet, sets its hint and range, and returns a clone of
+  ``unet`` with it at the head of the ControlNet chain. Its ``advanced_mask_weighting`` is not
+  used: reForge's ControlNet ignores it (the node masks its own residuals).
 - ``ldm_patched.ldm.modules.attention.optimized_attention(q, k, v, heads)``: the attention the
   host runs in every attn2 layer; the text part of a patched layer is computed by it, so a
   layer's text attention is what it is without InstantID.
@@ -109,15 +110,10 @@ class ForgeBackend:
             patched.set_model_attn2_replace(patch, *key)
         if identitynet is None:
             return patched
-        node = identitynet_node(identitynet.control, identitynet.face)
+        # The face mask goes to the node, not to the host (reForge ignores the host's).
+        node = identitynet_node(identitynet.control, identitynet.face, identitynet.mask)
         return self._apply_controlnet(
-            patched,
-            node,
-            identitynet.hint,
-            identitynet.strength,
-            identitynet.start,
-            identitynet.end,
-            advanced_mask_weighting=identitynet.mask,
+            patched, node, identitynet.hint, identitynet.strength, identitynet.start, identitynet.end
         )
 
 

@@ -14,6 +14,12 @@ their text context, whatever their order; no unit order or file name matters.
 transformer options); the override accepts both. The host copies the node when it attaches it
 (``apply_controlnet_advanced``); the copy stays a face-context node.
 
+The face mask of "Face region only" is applied here, to IdentityNet's own residuals only, as
+Forge Classic's ``compute_controlnet_weighting`` does it (the mask resized bilinearly to each
+residual): reForge's ControlNet never applies ``advanced_mask_weighting``, so the host's mask
+cannot be relied on. The node then adds the earlier nodes' control as the host's
+``control_merge`` does.
+
 A node belongs to one sampling pass of one job (``FaceContext.live``): a host that keeps the
 patched UNet from the first pass to the hires pass (Forge Classic does without a LoRA) would
 otherwise run the first pass's node again; a node no longer live passes the earlier nodes'
@@ -46,17 +52,37 @@ class FaceContext:
         return rows.to(device=like.device, dtype=like.dtype)
 
 
-class _Result:
-    """Stands in for the earlier nodes while the host's ``get_control`` runs on our context: it
-    answers with what they already returned for the host's own ``cond``."""
+def masked(control: Any, mask: torch.Tensor | None) -> Any:
+    """``control`` (``{"input": [...], "middle": [...], "output": [...]}``) with every residual
+    times ``mask`` ``(1, 1, H, W)`` resized bilinearly to its size."""
+    if mask is None or control is None:
+        return control
+    interpolate = torch.nn.functional.interpolate
+    for signals in control.values():
+        for i, signal in enumerate(signals):
+            if isinstance(signal, torch.Tensor):
+                weight = interpolate(mask.to(signal), size=signal.shape[-2:], mode="bilinear")
+                signals[i] = signal * weight
+    return control
 
-    __slots__ = ("control",)
 
-    def __init__(self, control: Any) -> None:
-        self.control = control
+def merged(own: Any, earlier: Any) -> Any:
+    """``own`` plus the earlier nodes' control, layer by layer, as the host's ``control_merge``
+    adds them (a layer only one side has is taken as it is)."""
+    if own is None or earlier is None:
+        return earlier if own is None else own
+    for key, theirs in earlier.items():
+        mine = own.setdefault(key, [])
+        for i, prev in enumerate(theirs):
+            if i >= len(mine):
+                mine.append(prev)
+            elif prev is not None:
+                mine[i] = prev if mine[i] is None else _add(mine[i], prev)
+    return own
 
-    def get_control(self, *args: Any, **kwargs: Any) -> Any:
-        return self.control
+
+def _add(mine: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    return prev + mine if mine.shape[0] < prev.shape[0] else mine + prev
 
 
 _NODE_CLASSES: dict[type, type] = {}
@@ -72,11 +98,13 @@ def _node_class(base: type) -> type:
         """The host's ControlNet whose own pass sees the face tokens as its context."""
 
         instantid_face: FaceContext
+        instantid_mask: torch.Tensor | None
 
         def copy(self) -> Any:
             twin = base.copy(self)
             twin.__class__ = type(self)
             twin.instantid_face = self.instantid_face
+            twin.instantid_mask = self.instantid_mask
             return twin
 
         def get_control(self, x_noisy: Any, t: Any, cond: Any, batched_number: Any, *rest: Any) -> Any:
@@ -89,23 +117,27 @@ def _node_class(base: type) -> type:
             if not face.live():
                 return control_prev
             own = dict(cond)
+            own.pop("crossattn_controlnet", None)  # reForge reads this before c_crossattn
             chunks = options.get("cond_or_uncond") or ()
             own["c_crossattn"] = face.rows(chunks, int(x_noisy.shape[0]), cond["c_crossattn"])
-            self.previous_controlnet = None if earlier is None else _Result(control_prev)
+            self.previous_controlnet = None  # our own residuals first: the mask is for them only
             try:
-                return base.get_control(self, x_noisy, t, own, batched_number, *rest)
+                control = base.get_control(self, x_noisy, t, own, batched_number, *rest)
             finally:
                 self.previous_controlnet = earlier
+            return merged(masked(control, self.instantid_mask), control_prev)
 
     IdentityNetControl.__qualname__ = IdentityNetControl.__name__ = f"IdentityNet{base.__name__}"
     _NODE_CLASSES[base] = IdentityNetControl
     return IdentityNetControl
 
 
-def identitynet_node(loaded: Any, face: FaceContext) -> Any:
-    """A face-context copy of the host's loaded ControlNet ``loaded`` (the loaded one is kept as
-    it is: the host's cache may share it)."""
+def identitynet_node(loaded: Any, face: FaceContext, mask: torch.Tensor | None = None) -> Any:
+    """A face-context copy of the host's loaded ControlNet ``loaded``, its residuals times
+    ``mask`` ``(1, 1, H, W)`` if given (the loaded one is kept as it is: the host's cache may
+    share it)."""
     node = loaded.copy()
     node.__class__ = _node_class(type(loaded))
     node.instantid_face = face
+    node.instantid_mask = mask
     return node

@@ -3,7 +3,9 @@
 ``modules_forge/controlnet.py`` at 5136ce20): a ControlNet chain that asks its previous node
 first and passes every node the same ``cond``; a UNet patcher whose clone deep-copies its model
 options and shares the ControlNet chain; ``apply_controlnet_advanced`` that copies the
-ControlNet, sets its hint and range and puts it at the head of a clone's chain."""
+ControlNet, sets its hint and range and puts it at the head of a clone's chain. The reForge
+stand-in differs as that host does (``3b56b268``): five-argument ``get_control``, and its
+``control_merge`` ignores the advanced weightings (``advanced_mask_weighting`` included)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,22 @@ from typing import Any
 import torch
 
 
+def control_merge(own: dict, prev: dict | None) -> dict:
+    """The host's merge of a node's control with its previous node's: per layer, a sum."""
+    if prev is not None:
+        for key in own:
+            own[key] = [a + b for a, b in zip(own[key], prev[key], strict=True)]
+    return own
+
+
 class HostControlNet:
     """Forge Classic's ``ControlNet``: ``get_control(x, t, cond, batched_number)`` reads
-    ``self.transformer_options``; the control is the context's mean per row, times the strength,
+    ``self.transformer_options``. The control is one signal per block kind (input, middle,
+    output) at the size of ``x``: the context's mean per row times the strength, times the
+    bilinear-resized ``advanced_mask_weighting`` when it is set (``compute_controlnet_weighting``),
     plus what the previous node returned."""
+
+    weights_masks = True
 
     def __init__(self, control_model: Any = None, global_average_pooling: bool = False) -> None:
         self.control_model = control_model
@@ -48,18 +62,28 @@ class HostControlNet:
         self.copy_to(c)
         return c
 
+    def own_control(self, x_noisy: torch.Tensor, cond: dict) -> dict:
+        context = cond["c_crossattn"]
+        self.contexts.append(context)
+        signal = context.mean(dim=(1, 2)).view(-1, 1, 1, 1).expand(-1, 2, *x_noisy.shape[-2:]) * self.strength
+        mask = getattr(self, "advanced_mask_weighting", None)
+        if self.weights_masks and mask is not None:
+            size = signal.shape[-2:]
+            signal = signal * torch.nn.functional.interpolate(mask.to(signal), size=size, mode="bilinear")
+        return {"input": [signal], "middle": [signal], "output": [signal]}
+
     def get_control(self, x_noisy: Any, t: Any, cond: dict, batched_number: int) -> Any:
         prev = None
         if self.previous_controlnet is not None:
             prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number)
-        context = cond["c_crossattn"]
-        self.contexts.append(context)
-        out = context.mean(dim=(1, 2)) * self.strength
-        return out if prev is None else out + prev
+        return control_merge(self.own_control(x_noisy, cond), prev)
 
 
 class ReForgeControlNet(HostControlNet):
-    """reForge's five-argument ``get_control`` (the transformer options passed in)."""
+    """reForge's five-argument ``get_control`` (the transformer options passed in); the
+    advanced weightings are never applied."""
+
+    weights_masks = False
 
     def copy(self) -> Any:
         c = ReForgeControlNet(self.control_model)
@@ -73,10 +97,7 @@ class ReForgeControlNet(HostControlNet):
         prev = None
         if self.previous_controlnet is not None:
             prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        context = cond["c_crossattn"]
-        self.contexts.append(context)
-        out = context.mean(dim=(1, 2)) * self.strength
-        return out if prev is None else out + prev
+        return control_merge(self.own_control(x_noisy, cond), prev)
 
 
 class UnetPatcher:

@@ -66,8 +66,30 @@ def test_identitynet_sees_the_face_tokens_and_the_other_controlnet_the_text(host
     ours = node_contexts[-1]
     assert torch.equal(ours, torch.cat([UNCOND.expand(2, -1, -1), COND.expand(2, -1, -1)]))
     want = ours.mean(dim=(1, 2)) * 0.8 + TEXT.expand(4, -1, -1).mean(dim=(1, 2)) * 0.5
-    assert torch.allclose(control, want)
+    assert set(control) == {"input", "middle", "output"}
+    for signals in control.values():
+        assert torch.allclose(signals[0], want.view(4, 1, 1, 1).expand(4, 2, 8, 8))
     assert head.previous_controlnet.contexts is user.contexts  # the chain is put back
+
+
+@pytest.mark.parametrize("host_class", [HostControlNet, ReForgeControlNet])
+def test_the_face_mask_weights_identitynet_alone_as_forge_classic_weights_a_mask(host_class) -> None:
+    """reForge never applies ``advanced_mask_weighting``: the node masks its own residuals, as
+    Forge Classic's host would, and leaves the user's unit unmasked."""
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :] = 1.0
+    user = host_class()
+    unet = apply_controlnet_advanced(UnetPatcher(), user, "user hint", 0.5, 0.0, 1.0)
+    node = identitynet_node(host_class(), FaceContext(COND, UNCOND), mask)
+    control = run_chain(apply_controlnet_advanced(unet, node, "kps", 0.8, 0.0, 1.0), [0], 1, TEXT)
+    # The reference: Forge Classic's host weighting the same mask on a node that sees the face.
+    host = HostControlNet().set_cond_hint("kps", 0.8)
+    host.advanced_mask_weighting = mask
+    face = host.own_control(torch.zeros(1, 4, 8, 8), {"c_crossattn": COND})
+    for key, signals in control.items():
+        assert torch.equal(signals[0], face[key][0] + TEXT.mean() * 0.5)
+        assert torch.allclose(signals[0][0, :, 6:, :], TEXT.mean() * 0.5 * torch.ones(2, 2, 8))  # user only
+        assert (signals[0][0, :, :3, :] > TEXT.mean() * 0.5 + 1.0).all()  # IdentityNet on top
 
 
 def test_a_node_of_an_earlier_pass_passes_the_others_through() -> None:
@@ -79,7 +101,7 @@ def test_a_node_of_an_earlier_pass_passes_the_others_through() -> None:
     unet = apply_controlnet_advanced(unet, node, "kps", 1.0, 0.0, 1.0)
     live[0] = False
     control = run_chain(unet, [0], 1, TEXT)
-    assert torch.allclose(control, TEXT.mean(dim=(1, 2)))
+    assert torch.allclose(control["middle"][0], TEXT.mean().expand(1, 2, 8, 8))
     assert loaded.contexts == []
 
 
@@ -130,7 +152,7 @@ def test_patched_unet_puts_identitynet_at_the_head_with_hint_weight_range_and_ma
     assert head.cond_hint_original.shape == (1, 3, 16, 24) and head.cond_hint_original[
         0, :, 4, 5
     ].tolist() == [1, 1, 1]
-    assert head.advanced_mask_weighting is mask
+    assert head.instantid_mask is mask and head.advanced_mask_weighting is None  # the node masks
     assert len(patched.attn2()) == len(SDXL_ATTN2_KEYS)
 
 
