@@ -1,4 +1,4 @@
-# Shared by the live test-bed builders (setup_webui.sh, setup_forge_classic.sh); sourced, not run.
+# Shared by the live test-bed builders (setup_webui.sh, setup_forge.sh); sourced, not run.
 # The caller sets URL_TEMPLATE (a git URL with {owner} and {name}), REPO (this checkout), TARGET,
 # VENV and PY before calling these.
 
@@ -40,6 +40,26 @@ checkout() {  # checkout URL COMMIT DEST [TAG]
     if [[ -n $tag ]]; then
         git -C "$dest" tag -f "$tag" "$commit" >/dev/null
     fi
+}
+
+# webui_repositories DIR: the repositories the WebUI 1.10.1 clones at launch
+# (modules/launch_utils.py prepare_environment), at its commits, into DIR/repositories. reForge
+# clones the same ones; its stablediffusion comes from a fork (joypaul162/Stability-AI-
+# stablediffusion f16630a9) made when Stability-AI's repository went away, and
+# STABLE_DIFFUSION_REPO with STABLE_DIFFUSION_COMMIT can name it; ldm is only read for its
+# SD1 model definitions there.
+webui_repositories() {
+    local dir=$1/repositories
+    checkout "$(url_for AUTOMATIC1111/stable-diffusion-webui-assets "${ASSETS_REPO:-}")" \
+        6f7db241d2f8ba7457bac5ca9753331f0c266917 "$dir/stable-diffusion-webui-assets"
+    checkout "$(url_for Stability-AI/stablediffusion "${STABLE_DIFFUSION_REPO:-}")" \
+        "${STABLE_DIFFUSION_COMMIT:-cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf}" "$dir/stable-diffusion-stability-ai"
+    checkout "$(url_for Stability-AI/generative-models "${STABLE_DIFFUSION_XL_REPO:-}")" \
+        45c443b316737a4ab6e40413d7794a7f5657c19f "$dir/generative-models"
+    checkout "$(url_for crowsonkb/k-diffusion "${K_DIFFUSION_REPO:-}")" \
+        ab527a9a6d347f364e3d185ba6d714e22d80cb3c "$dir/k-diffusion"
+    checkout "$(url_for salesforce/BLIP "${BLIP_REPO:-}")" \
+        48211a1594f1321b00f14c9f7a5b4813144b2fb9 "$dir/BLIP"
 }
 
 # check_torch_pair: torch and torchvision of the venv load together, else one sentence and exit.

@@ -64,7 +64,7 @@ fi
 
 say() { printf '\n[setup_webui] %s\n' "$*"; }
 
-# url_for, checkout, check_torch_pair, install_extensions, write_scripts
+# url_for, checkout, webui_repositories, check_torch_pair, install_extensions, write_scripts
 # shellcheck source=tests/live/bed_lib.sh
 source "$HERE/bed_lib.sh"
 
@@ -72,17 +72,7 @@ source "$HERE/bed_lib.sh"
 say "1/5 sources in $WEBUI"
 checkout "$(url_for AUTOMATIC1111/stable-diffusion-webui "${WEBUI_REPO:-}")" \
     82a973c04367123ae98bd9abdf80d9eda9b910e2 "$WEBUI" v1.10.1
-# The commits the WebUI 1.10.1 pins in modules/launch_utils.py (prepare_environment).
-checkout "$(url_for AUTOMATIC1111/stable-diffusion-webui-assets "${ASSETS_REPO:-}")" \
-    6f7db241d2f8ba7457bac5ca9753331f0c266917 "$WEBUI/repositories/stable-diffusion-webui-assets"
-checkout "$(url_for Stability-AI/stablediffusion "${STABLE_DIFFUSION_REPO:-}")" \
-    cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf "$WEBUI/repositories/stable-diffusion-stability-ai"
-checkout "$(url_for Stability-AI/generative-models "${STABLE_DIFFUSION_XL_REPO:-}")" \
-    45c443b316737a4ab6e40413d7794a7f5657c19f "$WEBUI/repositories/generative-models"
-checkout "$(url_for crowsonkb/k-diffusion "${K_DIFFUSION_REPO:-}")" \
-    ab527a9a6d347f364e3d185ba6d714e22d80cb3c "$WEBUI/repositories/k-diffusion"
-checkout "$(url_for salesforce/BLIP "${BLIP_REPO:-}")" \
-    48211a1594f1321b00f14c9f7a5b4813144b2fb9 "$WEBUI/repositories/BLIP"
+webui_repositories "$WEBUI"
 checkout "$(url_for Mikubill/sd-webui-controlnet "${CONTROLNET_REPO:-}")" \
     56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81 "$WEBUI/extensions/sd-webui-controlnet" 1.1.455
 # A real user's neighbours (INSTANTID_LIVE_NEIGHBOURS=0 leaves them out): ADetailer 25.3.0.

@@ -2,8 +2,9 @@
 
 ``setup_webui.sh`` runs this with the WebUI's own Python (``PYTHONPATH`` = this repository,
 a folder holding diffusers and the WebUI's ``repositories/generative-models`` and
-``repositories/stable-diffusion-stability-ai``); ``setup_forge_classic.sh`` does the same for
-Forge Classic, with those two repositories cloned beside it (``--configs``, ``--host forge``).
+``repositories/stable-diffusion-stability-ai``); ``setup_forge.sh`` does the same for Forge
+Classic, with those two repositories cloned beside it (``--configs``, ``--host forge``), and for
+reForge, which has the WebUI's layout (``--host forge``).
 Subcommands:
 
 ``hf-cache HF_HOME``
