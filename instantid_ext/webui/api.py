@@ -19,10 +19,17 @@ raised ``HTTPException`` and print a traceback for any other exception.
 The routes are plain ``def`` functions, so FastAPI runs them in its thread pool and face
 analysis never blocks the event loop; the face analyzer serialises calls to each loaded
 model itself.
+
+The models use pydantic's 1.x API (``pydantic.v1`` under pydantic 2). FastAPI validates and
+documents them only where it runs on pydantic 1 (AUTOMATIC1111, Forge Classic, reForge). Where
+it runs on pydantic 2 (Forge 2.x: FastAPI 0.104, pydantic 2.8) it cannot take them: bodies are
+then parsed here (the same 422 field list) and responses sent as plain JSON, so the WebUI's own
+``/docs`` and ``/openapi.json`` keep working (see :func:`fastapi_takes_models`).
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import math
@@ -49,9 +56,16 @@ from ..job.resources import Resources
 from ..method.keypoints import draw_kps
 
 try:
-    from pydantic.v1 import BaseModel, Extra, Field, root_validator, validator
+    from pydantic.v1 import BaseModel, Extra, Field, ValidationError, root_validator, validator
 except ImportError:  # pydantic < 1.10.17 has no v1 alias
-    from pydantic import BaseModel, Extra, Field, root_validator, validator  # type: ignore[assignment, no-redef]
+    from pydantic import (  # type: ignore[assignment, no-redef]
+        BaseModel,
+        Extra,
+        Field,
+        ValidationError,
+        root_validator,
+        validator,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +427,36 @@ def status(resources: Resources, info: dict[str, Any], host_problem: str | None 
 # --------------------------------------------------------------------------------------
 
 
+def fastapi_takes_models() -> bool:
+    """Whether FastAPI can validate and document this module's models: only on pydantic 1,
+    whose models they are. On pydantic 2 FastAPI rejects ``pydantic.v1`` models: as a body they
+    are taken for a query parameter, and in ``responses`` they break the app's OpenAPI schema."""
+    import pydantic
+
+    return str(getattr(pydantic, "VERSION", "1")).startswith("1.")
+
+
+def _body(model: type[BaseModel], typed: bool) -> Any:
+    """A dependency giving the request body as ``model``: FastAPI's own parsing when ``typed``,
+    else the JSON object parsed here, its errors raised as FastAPI's (the same 422 list)."""
+
+    def parse_here(body: dict[str, Any] = fastapi.Body(...)) -> BaseModel:  # noqa: B008
+        try:
+            return model.parse_obj(body)
+        except ValidationError as err:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from err
+
+    if not typed:
+        return fastapi.Depends(parse_here)
+
+    def parsed(body: BaseModel) -> BaseModel:
+        return body
+
+    body = inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=model)
+    parsed.__signature__ = inspect.Signature([body], return_annotation=model)  # type: ignore[attr-defined]
+    return fastapi.Depends(parsed)
+
+
 def register_routes(
     app: fastapi.FastAPI,
     resources: Callable[[], Resources],
@@ -420,6 +464,7 @@ def register_routes(
     *,
     dependencies: Sequence[Any] = (),
     host_problem: Callable[[], str | None] = lambda: None,
+    typed: bool | None = None,
 ) -> None:
     """Add the ``/instantid/v1/`` routes to ``app``, replacing ones a previous load added.
 
@@ -427,51 +472,62 @@ def register_routes(
     extension or a changed setting takes effect at once. ``dependencies`` (the WebUI's auth,
     see :func:`instantid_ext.webui.host.api_dependencies`) apply to every route.
     ``host_problem`` says why this WebUI cannot run InstantID at all (e.g. Forge), or None.
+    ``typed``: whether FastAPI validates and documents the models (default:
+    :func:`fastapi_takes_models`).
     """
+    typed = fastapi_takes_models() if typed is None else typed
     router = fastapi.APIRouter(
         prefix=PREFIX, tags=[TAG], route_class=_InstantIDRoute, dependencies=list(dependencies)
     )
+    errors = _ERRORS if typed else {code: {"description": e["description"]} for code, e in _ERRORS.items()}
 
-    @router.get("/version", response_model=dict[str, Any], responses=_ERRORS)
+    def answer(model: type[BaseModel] | type[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """The decorator arguments of a route answering with ``model``."""
+        if not typed:
+            return {"response_model": None, "responses": errors}
+        return {"response_model": model, "responses": {**errors, **extra.pop("responses", {})}, **extra}
+
+    def sent(value: BaseModel, exclude_unset: bool = False) -> Any:
+        return value if typed else value.dict(exclude_unset=exclude_unset)
+
+    @router.get("/version", **answer(dict[str, Any]))
     def get_version() -> dict[str, Any]:
         """Versions only (extension, WebUI, ControlNet): answers at once, unlike /status."""
         return dict(info())
 
-    @router.get("/status", response_model=dict[str, Any], responses=_ERRORS)
+    @router.get("/status", **answer(dict[str, Any]))
     def get_status() -> dict[str, Any]:
         """Versions, models found, rejected (with the reason) and missing, providers, identities."""
         return status(resources(), info(), host_problem())
 
-    @router.get("/schema", response_model=dict[str, Any], responses=_ERRORS)
+    @router.get("/schema", **answer(dict[str, Any]))
     def get_schema() -> dict[str, Any]:
         """JSON schema of the script arguments (``alwayson_scripts.InstantID.args[0]``)."""
         return InstantIDArgs.schema_dict()
 
-    @router.post(
-        "/analyze", response_model=AnalyzeResponse, response_model_exclude_unset=True, responses=_ERRORS
-    )
-    def post_analyze(body: AnalyzeRequest) -> AnalyzeResponse:
+    analyze_body, identity_body = _body(AnalyzeRequest, typed), _body(CreateIdentityRequest, typed)
+
+    @router.post("/analyze", **answer(AnalyzeResponse, response_model_exclude_unset=True))
+    def post_analyze(body: Any = analyze_body) -> Any:
         """Faces in an image, left to right, the one InstantID would use and its keypoint image."""
-        return analyze(resources(), body)
+        return sent(analyze(resources(), body), exclude_unset=True)
 
-    @router.get("/identities", response_model=IdentityList, responses=_ERRORS)
-    def get_identities() -> IdentityList:
+    @router.get("/identities", **answer(IdentityList))
+    def get_identities() -> Any:
         """The saved identities."""
-        return list_identities(resources())
+        return sent(list_identities(resources()))
 
-    @router.post("/identities", response_model=CreateIdentityResponse, responses=_ERRORS)
-    def post_identity(body: CreateIdentityRequest) -> CreateIdentityResponse:
+    @router.post("/identities", **answer(CreateIdentityResponse))
+    def post_identity(body: Any = identity_body) -> Any:
         """Analyse the photos, average their raw face embeddings and save them under ``name``."""
-        return create_identity(resources(), body)
+        return sent(create_identity(resources(), body))
 
-    @router.delete(
-        "/identities/{name}",
-        response_model=DeleteIdentityResponse,
-        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No identity of that name"}},
-    )
-    def remove_identity(name: str) -> DeleteIdentityResponse:
+    not_found = {404: {"model": ErrorResponse, "description": "No identity of that name"}}
+
+    @router.delete("/identities/{name}", **answer(DeleteIdentityResponse, responses=not_found))
+    def remove_identity(name: str) -> Any:
         """Delete a saved identity."""
-        return delete_identity(resources(), name)
+        return sent(delete_identity(resources(), name))
 
     app.router.routes[:] = [
         route for route in app.router.routes if not getattr(route, "path", "").startswith(f"{PREFIX}/")
