@@ -55,6 +55,13 @@ def webui_version() -> str:
     return _WEBUI_VERSION[0]
 
 
+def forge_host() -> bool:
+    """Whether the server is a Forge-family host (Forge Classic: "classic"; reForge and Forge:
+    "f<version>…"), whose ControlNet is its built-in backend, not sd-webui-controlnet."""
+    version = webui_version()
+    return version == "classic" or (version[:1] == "f" and version[1:2].isdigit())
+
+
 def hires_fix(**settings: Any) -> dict[str, Any]:
     """The request fields of a latent hires fix (STEPS hires steps, denoising 0.5; ``settings`` add
     or override). Forge Classic leaves ``hr_cfg_scale`` None when a request omits it and its

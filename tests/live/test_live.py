@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from tests.live.client import (
     call,
     decode,
     face_photo_b64,
+    forge_host,
     generation,
     hires_fix,
     photo_with_face,
@@ -101,6 +103,54 @@ def test_instantid_changes_the_image_and_off_is_bit_identical(face_b64: str) -> 
     code, after = txt2img({"enabled": False, "images": [face_b64]})
     assert code == 200, after
     assert after["images"][0] == before["images"][0]
+
+
+def test_named_and_positional_api_arguments_give_the_same_image(face_b64: str) -> None:
+    """The API's two forms of InstantID's ``args``: one dict of named fields, or values in the
+    fields' order (here ``enabled``, ``images``)."""
+    code, named = txt2img({"enabled": True, "images": [face_b64], "id_weight": 0.9})
+    assert code == 200, named
+    body = generation(prompt="a portrait photo, watercolor", seed=1234)
+    by_position = [True, [face_b64], None, None, None, None, None, None, 0.9]  # … id_weight
+    body["alwayson_scripts"] = {"InstantID": {"args": by_position}}
+    code, positional = call("POST", "/sdapi/v1/txt2img", body)
+    assert code == 200, positional
+    assert positional["images"][0] == named["images"][0]
+    assert json.loads(positional["info"])["infotexts"] == json.loads(named["info"])["infotexts"]
+
+
+def test_forge_identitynet_runs_on_the_face_tokens_and_a_user_unit_on_the_text(face_b64: str) -> None:
+    """Forge family: the live probe reads the context each ControlNet node's model is given. Our
+    IdentityNet node gets InstantID's face tokens row by row; the user's own unit, whatever its
+    place in the chain, keeps the prompt's 77 tokens."""
+    if not forge_host():
+        pytest.skip("the Forge family's built-in ControlNet chain")
+    code, models = call("GET", "/controlnet/model_list")
+    assert code == 200, models
+    canny = next(m for m in models["model_list"] if "canny" in m)
+    user_unit = {
+        "enabled": True,
+        "module": "None",
+        "model": canny,
+        "image": face_b64,
+        "weight": 0.5,
+        "resize_mode": "Crop and Resize",
+        "pixel_perfect": False,
+    }
+    body = generation({"enabled": True, "images": [face_b64]}, prompt="a portrait photo", seed=7)
+    body["alwayson_scripts"]["controlnet"] = {"args": [user_unit]}
+    body["alwayson_scripts"]["Live probe"] = {"args": [True, 0, "controlnet"]}
+    code, result = call("POST", "/sdapi/v1/txt2img", body)
+    assert code == 200, result
+    infotext = json.loads(result["info"])["infotexts"][0]
+    seen = re.search(r'Live probe ControlNet: "([^"]*)"', infotext)
+    assert seen, infotext
+    nodes = [entry.strip() for entry in seen.group(1).split(";") if entry.strip()]
+    assert len(nodes) == 2, infotext
+    ours = [n for n in nodes if n.startswith("IdentityNet")]
+    assert len(ours) == 1 and ours[0].endswith("16 tokens, face tokens, max diff 0.0"), nodes
+    (user,) = [n for n in nodes if not n.startswith("IdentityNet")]
+    assert user.endswith(": 77 tokens"), nodes
 
 
 def test_img2img_with_instantid(face_b64: str) -> None:

@@ -25,6 +25,15 @@ in the job's ``extra_generation_params`` (the API's ``info``):
                                 checkpoint file's (safetensors checkpoints only)
 ``Live probe error``            why nothing could be compared
 
+With ``args: [true, 0, "controlnet"]`` on a Forge-family host the probe watches the host's
+ControlNet chain instead: the context each ControlNet node's model is given (the host's
+``ControlNet.get_control``, wrapped for the ``p.sample`` call), first call of each node:
+
+``Live probe ControlNet``       per node, head first: its class, the context's token count and,
+                                for InstantID's IdentityNet node, the max |difference| between
+                                that context and InstantID's face tokens laid out per row by
+                                ``cond_or_uncond`` (``face tokens, max diff 0.0``)
+
 The hooks are put on the layer when ``p.sample`` starts and removed when it returns or raises.
 Installed only in the test bed by ``tests/live/setup_webui.sh``; never shipped.
 """
@@ -302,11 +311,70 @@ class Probe:
         return True
 
     def report(self, found: dict[str, Any]) -> None:
-        params = self.p.extra_generation_params
-        for key in [k for k in params if str(k).startswith(KEY)]:
-            del params[key]
-        for name, value in found.items():
-            params[f"{KEY} {name}"] = value
+        report(self.p, found)
+
+
+def report(p: Any, found: dict[str, Any]) -> None:
+    """The findings as the job's ``Live probe …`` generation parameters (earlier ones replaced)."""
+    params = p.extra_generation_params
+    for key in [k for k in params if str(k).startswith(KEY)]:
+        del params[key]
+    for name, value in found.items():
+        params[f"{KEY} {name}"] = value
+
+
+class ControlNetProbe:
+    """One ``p.sample`` call on a Forge-family host: the context each ControlNet node runs on."""
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+        self.seen: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def installed(self):
+        try:
+            host_class = importlib.import_module("ldm_patched.modules.controlnet").ControlNet
+        except ImportError as err:
+            self.report({"error": f"not a Forge-family host: {err}"})
+            yield
+            return
+        original = host_class.__dict__["get_control"]
+        probe = self
+
+        def get_control(node: Any, x_noisy: Any, t: Any, cond: Any, batched_number: Any, *rest: Any) -> Any:
+            options = rest[0] if rest else getattr(node, "transformer_options", None) or {}
+            if id(node) not in probe.seen:
+                try:
+                    probe.seen[id(node)] = probe.describe(node, cond, options, int(x_noisy.shape[0]))
+                except Exception as err:  # a probe must never break the generation it watches
+                    probe.seen[id(node)] = f"{type(node).__name__}: {type(err).__name__}: {err}"
+            return original(node, x_noisy, t, cond, batched_number, *rest)
+
+        host_class.get_control = get_control
+        try:
+            yield
+        finally:
+            host_class.get_control = original
+            self.report({"ControlNet": "; ".join(self.seen.values()) or "no ControlNet ran"})
+
+    def describe(self, node: Any, cond: dict, options: dict, batch: int) -> str:
+        context = cond.get("crossattn_controlnet", cond["c_crossattn"])  # what the host reads
+        text = f"{type(node).__name__}: {int(context.shape[1])} tokens"
+        if not type(node).__name__.startswith("IdentityNet"):
+            return text
+        run = importlib.import_module("instantid_ext.webui.run").run_of(self.p)
+        if run is None or run.cast is None:
+            return f"{text}, no InstantID job"
+        rows = importlib.import_module("instantid_ext.method.attn2_replace").context_rows
+        face_cond, face_uncond = run.cast.context_tokens()
+        expected = rows(face_cond, face_uncond, options.get("cond_or_uncond") or (), batch)
+        if tuple(expected.shape) != tuple(context.shape):
+            return f"{text}, not the face tokens' shape {tuple(expected.shape)}"
+        diff = float((context.float() - expected.to(context.device).float()).abs().max())
+        return f"{text}, face tokens, max diff {diff}"
+
+    def report(self, found: dict[str, Any]) -> None:
+        report(self.p, found)
 
 
 ARMED: Probe | None = None
@@ -336,9 +404,13 @@ class LiveProbe(scripts.Script):
     def ui(self, is_img2img):
         import gradio as gr
 
-        return [gr.Checkbox(value=False, visible=False), gr.Number(value=0, precision=0, visible=False)]
+        return [
+            gr.Checkbox(value=False, visible=False),
+            gr.Number(value=0, precision=0, visible=False),
+            gr.Textbox(value="attn2", visible=False),
+        ]
 
-    def process_batch(self, p, enabled=False, layer=0, *args, **kwargs):
+    def process_batch(self, p, enabled=False, layer=0, target="attn2", *args, **kwargs):
         """Watch the next ``p.sample`` call (this wrapper sees every wrapper put on later, and
         runs inside those put on before, InstantID's included: the hooks read its patch when
         the layer runs, which is inside ``p.sample`` in either case)."""
@@ -350,7 +422,8 @@ class LiveProbe(scripts.Script):
         def sample_with_probe(*args: Any, **kwargs: Any) -> Any:
             if ARMED is not None:  # an outer call of the same job is watched already
                 return inner(*args, **kwargs)
-            with Probe(p, index).installed():
+            probe = ControlNetProbe(p) if target == "controlnet" else Probe(p, index)
+            with probe.installed():
                 return inner(*args, **kwargs)
 
         sample_with_probe.live_probe = True
