@@ -1,6 +1,6 @@
 # Shared by the live test-bed builders (setup_webui.sh, setup_forge.sh); sourced, not run.
 # The caller sets URL_TEMPLATE (a git URL with {owner} and {name}), REPO (this checkout), TARGET,
-# VENV and PY before calling these.
+# VENV and PYTHON (PY: see make_venv) before calling these.
 
 url_for() {  # url_for OWNER/NAME [OVERRIDE]
     if [[ -n ${2:-} ]]; then
@@ -60,6 +60,20 @@ webui_repositories() {
         ab527a9a6d347f364e3d185ba6d714e22d80cb3c "$dir/k-diffusion"
     checkout "$(url_for salesforce/BLIP "${BLIP_REPO:-}")" \
         48211a1594f1321b00f14c9f7a5b4813144b2fb9 "$dir/BLIP"
+}
+
+# openai_clip DEST: OpenAI's CLIP at the commit the WebUI, Forge Classic and reForge pip-install
+# from a GitHub archive (k-diffusion imports it).
+openai_clip() {
+    checkout "$(url_for openai/CLIP "${CLIP_REPO:-}")" d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$1"
+}
+
+# make_venv: VENV made with PYTHON unless it exists; sets PY to its Python.
+make_venv() {
+    if [[ ! -x $VENV/bin/python ]]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    PY=$VENV/bin/python
 }
 
 # check_torch_pair: torch and torchvision of the venv load together, else one sentence and exit.

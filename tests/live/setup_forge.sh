@@ -103,7 +103,8 @@ fi
 
 say() { printf '\n[setup_forge %s] %s\n' "$HOST" "$*"; }
 
-# url_for, checkout, webui_repositories, check_torch_pair, install_extensions, write_scripts
+# url_for, checkout, webui_repositories, openai_clip, make_venv, check_torch_pair, install_extensions,
+# write_scripts
 # shellcheck source=tests/live/bed_lib.sh
 source "$HERE/bed_lib.sh"
 
@@ -122,15 +123,11 @@ else
     LDM_SRC=$FORGE/repositories/stable-diffusion-stability-ai SGM_SRC=$FORGE/repositories/generative-models
 fi
 # Both hosts pip-install OpenAI's CLIP from a GitHub archive of this commit.
-checkout "$(url_for openai/CLIP "${CLIP_REPO:-}")" \
-    d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$SRC/CLIP"
+openai_clip "$SRC/CLIP"
 
 # ---------------------------------------------------------------------------------------------
 say "2/5 Python environment in $VENV"
-if [[ ! -x $VENV/bin/python ]]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-PY=$VENV/bin/python
+make_venv
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     echo "  warning: the bed is made for Python 3.11; $VENV has $("$PY" -V 2>&1)" >&2
 fi

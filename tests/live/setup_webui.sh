@@ -64,7 +64,8 @@ fi
 
 say() { printf '\n[setup_webui] %s\n' "$*"; }
 
-# url_for, checkout, webui_repositories, check_torch_pair, install_extensions, write_scripts
+# url_for, checkout, webui_repositories, openai_clip, make_venv, check_torch_pair, install_extensions,
+# write_scripts
 # shellcheck source=tests/live/bed_lib.sh
 source "$HERE/bed_lib.sh"
 
@@ -84,15 +85,11 @@ elif [[ -e $WEBUI/extensions/adetailer ]]; then
     echo "  removed $WEBUI/extensions/adetailer"
 fi
 # The WebUI pip-installs OpenAI's CLIP (k-diffusion imports it) from a GitHub archive of this commit.
-checkout "$(url_for openai/CLIP "${CLIP_REPO:-}")" \
-    d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$TARGET/src/CLIP"
+openai_clip "$TARGET/src/CLIP"
 
 # ---------------------------------------------------------------------------------------------
 say "2/5 Python environment in $VENV"
-if [[ ! -x $VENV/bin/python ]]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-PY=$VENV/bin/python
+make_venv
 if [[ ! -f $VENV/.instantid-live-ready ]]; then
     REQ=$TARGET/requirements-live.txt
     {
