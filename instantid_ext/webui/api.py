@@ -479,13 +479,18 @@ def register_routes(
     router = fastapi.APIRouter(
         prefix=PREFIX, tags=[TAG], route_class=_InstantIDRoute, dependencies=list(dependencies)
     )
-    errors = _ERRORS if typed else {code: {"description": e["description"]} for code, e in _ERRORS.items()}
 
-    def answer(model: type[BaseModel] | type[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        """The decorator arguments of a route answering with ``model``."""
-        if not typed:
-            return {"response_model": None, "responses": errors}
-        return {"response_model": model, "responses": {**errors, **extra.pop("responses", {})}, **extra}
+    def answer(
+        model: Any, responses: dict[int | str, dict[str, Any]] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """The decorator arguments of a route answering with ``model`` (and these error answers)."""
+        listed = {**_ERRORS, **(responses or {})}
+        if not typed:  # the descriptions only: FastAPI cannot take the models
+            return {
+                "response_model": None,
+                "responses": {c: {"description": r["description"]} for c, r in listed.items()},
+            }
+        return {"response_model": model, "responses": listed, **extra}
 
     def sent(value: BaseModel, exclude_unset: bool = False) -> Any:
         return value if typed else value.dict(exclude_unset=exclude_unset)
