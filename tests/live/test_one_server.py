@@ -9,6 +9,8 @@ can refuse at, from either tab.
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 import numpy as np
@@ -65,10 +67,25 @@ def plain() -> dict[str, str]:
     return images
 
 
+def difference(before_b64: str, after_b64: str) -> str:
+    """What differs between two PNGs: the pixels (how much) or only the infotext."""
+    images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in (before_b64, after_b64)]
+    pixels = [np.asarray(image.convert("RGB"), np.int16) for image in images]
+    texts = [image.info.get("parameters") for image in images]
+    if pixels[0].shape != pixels[1].shape:
+        return f"size {pixels[0].shape} -> {pixels[1].shape}"
+    delta = np.abs(pixels[0] - pixels[1])
+    what = f"pixels: max {delta.max()}, mean {delta.mean():.3f}, {np.mean(delta.max(-1) > 0):.2%} differ"
+    if texts[0] != texts[1]:
+        what += f"; infotext {texts[0]!r} -> {texts[1]!r}"
+    return what
+
+
 def assert_unchanged(before: dict[str, str], after_what: str) -> None:
     after = plain()
     for tab in before:
-        assert after[tab] == before[tab], f"plain {tab} changed after {after_what}"
+        if after[tab] != before[tab]:
+            pytest.fail(f"plain {tab} changed after {after_what}: {difference(before[tab], after[tab])}")
 
 
 _ARGS = RequestArgs(face_photo_b64)
@@ -130,6 +147,12 @@ def test_the_reported_sequences_leave_plain_generations_unchanged() -> None:
 @pytest.mark.parametrize("kind", ["argument", "input", "before process", "batch start", "checkpoint"])
 def test_every_refusal_from_either_tab_leaves_both_tabs_unchanged(kind: str, tab: str) -> None:
     args, settings = refusal(kind, tab)
+    if kind == "checkpoint":
+        # The host's own round trip first: WebUI 1.10.1 with an fp8 UNet reloads the SDXL
+        # checkpoint a little differently from its first load (plain txt2img, no InstantID:
+        # max 1/255 in 0.01 % of the pixels), then the same on every later reload.
+        code, answer = request("txt2img", **settings)
+        assert code == 200, answer
     before = plain()
     code, answer = request(tab, args, **settings)
     assert code == 422, answer
