@@ -104,8 +104,12 @@ def png_b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def open_png(image_b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(image_b64)))
+
+
 def decode(image_b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image_b64))).convert("RGB"))
+    return np.asarray(open_png(image_b64).convert("RGB"))
 
 
 def photo_with_face(size: int, centre: tuple[int, int], face: int, ident: int = 3) -> tuple[Image.Image, Any]:

@@ -9,15 +9,23 @@ can refuse at, from either tab.
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.live.client import LIVE, SIZE, call, face_photo_b64, generation, hires_fix, png_b64
+from tests.live.client import (
+    LIVE,
+    SIZE,
+    call,
+    decode,
+    face_photo_b64,
+    generation,
+    hires_fix,
+    open_png,
+    png_b64,
+)
 from tests.request_args import RequestArgs
 
 pytestmark = LIVE
@@ -69,9 +77,8 @@ def plain() -> dict[str, str]:
 
 def difference(before_b64: str, after_b64: str) -> str:
     """What differs between two PNGs: the pixels (how much) or only the infotext."""
-    images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in (before_b64, after_b64)]
-    pixels = [np.asarray(image.convert("RGB"), np.int16) for image in images]
-    texts = [image.info.get("parameters") for image in images]
+    pixels = [decode(b).astype(np.int16) for b in (before_b64, after_b64)]
+    texts = [open_png(b).info.get("parameters") for b in (before_b64, after_b64)]
     if pixels[0].shape != pixels[1].shape:
         return f"size {pixels[0].shape} -> {pixels[1].shape}"
     delta = np.abs(pixels[0] - pixels[1])
